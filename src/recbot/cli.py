@@ -1,0 +1,170 @@
+"""The ``recbot`` command: parses, calls the public API, prints, exits non-zero on errors."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from recbot.config import Settings
+from recbot.errors import CatalogError, RecbotError
+
+if TYPE_CHECKING:
+    from recbot.recommender import Recommendations, Recommender
+
+logger = logging.getLogger("recbot")
+
+
+def _common(parent: argparse.ArgumentParser, *, top: bool) -> None:
+    # Accepted before and after the command name: the subcommand's copy only
+    # overrides when given (SUPPRESS), so `recbot --data-dir D ingest` works too.
+    default = None if top else argparse.SUPPRESS
+    parent.add_argument("--data-dir", type=Path, default=default, help="data dir (default: $RECBOT_HOME, else ./.recbot)")
+    parent.add_argument("--config", type=Path, default=default, help="TOML file of settings")
+    parent.add_argument("--chroma-host", default=default, help="use a Chroma server at this host instead of the embedded store")
+    parent.add_argument("--chroma-port", type=int, default=default, help="Chroma server port (default 8000)")
+    parent.add_argument("--encoder", default=default, help="BERT model id or path (default: bundled all-MiniLM-L6-v2)")
+    parent.add_argument("-q", "--quiet", action="store_true", default=default, help="only errors")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="recbot", description="Generative recommender chatbot.")
+    _common(parser, top=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        _common(p, top=False)
+        return p
+
+    p = command("ingest", "validate a catalog (and interactions), embed what changed, update the index")
+    p.add_argument("path", nargs="?", type=Path, help="catalog file or MovieLens directory")
+    p.add_argument("--format", default="auto", choices=["auto", "jsonl", "csv", "movielens", "amazon"])
+    p.add_argument("--interactions", type=Path, help="interactions file (JSONL or CSV)")
+    p.add_argument("--strict", action="store_true", help="exit 1 and write nothing if any row is rejected")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    p = command("recommend", "recommend items to a user")
+    p.add_argument("--user", required=True, help="user id (unknown: cold start)")
+    p.add_argument("--query", help="free-text ask, e.g. 'something lighter than Dune'")
+    p.add_argument("-k", type=int, default=None, help="number of items (default 5)")
+    p.add_argument("--category", help="only items of this category")
+    p.add_argument("--surprise", action="store_true", help="favour diversity")
+    p.add_argument("--no-blurbs", action="store_true", help="skip blurb generation (loads no generator)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    p = command("demo", "ingest the bundled demo catalog and show recommendations for demo users")
+    p.add_argument("--user", action="append", help="demo user(s) to show (default: u1 and u2)")
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    values: dict[str, Any] = {
+        "data_dir": args.data_dir,
+        "chroma_host": args.chroma_host,
+        "chroma_port": args.chroma_port,
+        "encoder": args.encoder,
+    }
+    if args.config:
+        return Settings.from_toml(args.config, **{k: v for k, v in values.items() if v is not None})
+    return Settings.create(**values)
+
+
+def _setup_logging(quiet: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("recbot: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.ERROR if quiet else logging.INFO)
+    logger.propagate = False
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _open(settings: Settings) -> Recommender:
+    from recbot.recommender import Recommender
+
+    return Recommender.open(settings=settings)
+
+
+def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
+    if args.path is None and args.interactions is None:
+        raise CatalogError("nothing to ingest: give a catalog PATH and/or --interactions FILE")
+    report = _open(settings).ingest(args.path, fmt=args.format, interactions=args.interactions, strict=args.strict)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+    else:
+        print("\n".join(report.lines()))
+    return 0
+
+
+def _print_recs(recs: Recommendations) -> None:
+    from recbot.recommender import STRATEGY_TEXT
+
+    print(f"Recommendations for {recs.user_id}" + (f" ({recs.query!r})" if recs.query else "") + f": {STRATEGY_TEXT[recs.strategy]}")
+    for rec in recs:
+        print(f"{rec.rank:>2}. {rec.item.title}  [{rec.item.category}]  score {rec.score:.3f}")
+        if rec.because:
+            print("    because you liked: " + "; ".join(f"{r.title} ({r.similarity:.2f})" for r in rec.because))
+        if rec.blurb:
+            print(f"    {rec.blurb}")
+
+
+def cmd_recommend(args: argparse.Namespace, settings: Settings) -> int:
+    recs = _open(settings).recommend(
+        args.user, query=args.query, k=args.k, category=args.category, blurbs=not args.no_blurbs, surprise=args.surprise
+    )
+    if args.json:
+        print(json.dumps(recs.to_dict(), indent=2, ensure_ascii=False))
+    else:
+        _print_recs(recs)
+    return 0
+
+
+def demo_files() -> tuple[Path, Path]:
+    """The bundled demo catalog and interactions."""
+    root = Path(str(resources.files("recbot") / "demo"))
+    return root / "catalog.jsonl", root / "interactions.jsonl"
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    rec = _open(settings)
+    catalog, interactions = demo_files()
+    report = rec.ingest(catalog, interactions=interactions)
+    print(report.lines()[0])
+    for user in args.user or ["u1", "u2"]:
+        print()
+        _print_recs(rec.recommend(user, k=5))
+    print(f"\nTry: recbot --data-dir {settings.data_dir} recommend --user u3 --query 'a cosy mystery'")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``recbot`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(bool(args.quiet))
+    try:
+        settings = _settings(args)
+        handler = {"ingest": cmd_ingest, "recommend": cmd_recommend, "demo": cmd_demo}[args.command]
+        return handler(args, settings)
+    except CatalogError as exc:
+        for row in exc.rejected:
+            print(f"  rejected: {row}", file=sys.stderr)
+        print(f"CatalogError: {exc}", file=sys.stderr)
+        return 1
+    except RecbotError as exc:
+        print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

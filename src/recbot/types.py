@@ -1,0 +1,93 @@
+"""Plain, frozen records passed between recbot's parts."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Interaction", "Item", "Reason", "Recommendation"]
+
+Scalar = str | int | float | bool
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One catalog item."""
+
+    id: str
+    title: str
+    description: str = ""
+    category: str = ""
+    tags: tuple[str, ...] = ()
+    metadata: Mapping[str, Scalar] = field(default_factory=dict)  # extra scalar fields
+
+    @property
+    def text(self) -> str:
+        """The text the encoder sees: title first, since it carries the most signal."""
+        parts = [self.title]
+        if self.category:
+            parts.append(f"Category: {self.category}.")
+        if self.description:
+            parts.append(self.description)
+        if self.tags:
+            parts.append("Tags: " + ", ".join(self.tags) + ".")
+        return " ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "title": self.title,
+            "description": self.description,
+            "category": self.category,
+            "tags": list(self.tags),
+            **dict(self.metadata),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Interaction:
+    """A user's rating, like or review of one item."""
+
+    user_id: str
+    item_id: str
+    rating: float | None = None  # None: an implicit like
+    review: str | None = None
+    timestamp: int | None = None  # seconds since the epoch
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    """A history item that made a recommendation likely ("because you liked X")."""
+
+    item_id: str
+    title: str
+    similarity: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"item_id": self.item_id, "title": self.title, "similarity": round(self.similarity, 4)}
+
+
+@dataclass(frozen=True, slots=True)
+class Recommendation:
+    """One recommended item, why, and (when asked for) a personalised blurb."""
+
+    item: Item
+    score: float
+    rank: int
+    because: tuple[Reason, ...] = ()
+    blurb: str | None = None
+    grounded: bool | None = None  # True: generated and passed the guard; False: templated
+    blurb_note: str | None = None  # why a blurb was templated, or None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON shape of DESIGN.md's ``recommend --json``."""
+        return {
+            "item_id": self.item.id,
+            "title": self.item.title,
+            "score": round(self.score, 4),
+            "rank": self.rank,
+            "because": [r.to_dict() for r in self.because],
+            "blurb": self.blurb,
+            "grounded": self.grounded,
+        }
