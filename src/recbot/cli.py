@@ -25,9 +25,13 @@ def _common(parent: argparse.ArgumentParser, *, top: bool) -> None:
     # Accepted before and after the command name: the subcommand's copy only
     # overrides when given (SUPPRESS), so `recbot --data-dir D ingest` works too.
     default = None if top else argparse.SUPPRESS
-    parent.add_argument("--data-dir", type=Path, default=default, help="data dir (default: $RECBOT_HOME, else ./.recbot)")
+    parent.add_argument(
+        "--data-dir", type=Path, default=default, help="data dir (default: $RECBOT_HOME, else ./.recbot)"
+    )
     parent.add_argument("--config", type=Path, default=default, help="TOML file of settings")
-    parent.add_argument("--chroma-host", default=default, help="use a Chroma server at this host instead of the embedded store")
+    parent.add_argument(
+        "--chroma-host", default=default, help="use a Chroma server at this host instead of the embedded store"
+    )
     parent.add_argument("--chroma-port", type=int, default=default, help="Chroma server port (default 8000)")
     parent.add_argument("--encoder", default=default, help="BERT model id or path (default: bundled all-MiniLM-L6-v2)")
     parent.add_argument("-q", "--quiet", action="store_true", default=default, help="only errors")
@@ -106,7 +110,11 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
 def _print_recs(recs: Recommendations) -> None:
     from recbot.recommender import STRATEGY_TEXT
 
-    print(f"Recommendations for {recs.user_id}" + (f" ({recs.query!r})" if recs.query else "") + f": {STRATEGY_TEXT[recs.strategy]}")
+    print(
+        f"Recommendations for {recs.user_id}"
+        + (f" ({recs.query!r})" if recs.query else "")
+        + f": {STRATEGY_TEXT[recs.strategy]}"
+    )
     for rec in recs:
         print(f"{rec.rank:>2}. {rec.item.title}  [{rec.item.category}]  score {rec.score:.3f}")
         if rec.because:

@@ -5,19 +5,24 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from recbot.errors import CatalogError
+from tqdm.auto import tqdm
+
 from recbot.catalog import Format, ReadResult, RowError, read_catalog, read_interactions
+from recbot.errors import CatalogError
 from recbot.retrieval.embedder import Embedder
-from recbot.retrieval.store import ChromaStore
+from recbot.retrieval.store import VectorStore
 from recbot.storage import Storage, item_hash, text_hash
 from recbot.types import Interaction, Item
 
 __all__ = ["IngestReport", "ingest", "ingest_result"]
 
 logger = logging.getLogger(__name__)
+
+_CHUNK = 256  # items encoded per step of the encode/upsert pipeline
 
 
 @dataclass
@@ -61,7 +66,7 @@ def ingest(
     path: str | Path | None,
     *,
     storage: Storage,
-    store: ChromaStore,
+    store: VectorStore,
     embedder: Embedder,
     fmt: Format = "auto",
     interactions: str | Path | None = None,
@@ -91,7 +96,7 @@ def ingest_result(
     result: ReadResult,
     *,
     storage: Storage,
-    store: ChromaStore,
+    store: VectorStore,
     embedder: Embedder,
     catalog_given: bool = True,
     strict: bool = False,
@@ -126,7 +131,9 @@ def ingest_result(
     return report
 
 
-def _sync_items(items: list[Item], storage: Storage, store: ChromaStore, embedder: Embedder, report: IngestReport) -> None:
+def _sync_items(
+    items: list[Item], storage: Storage, store: VectorStore, embedder: Embedder, report: IngestReport
+) -> None:
     stored = storage.item_hashes()
     if store.count() != len(stored):  # Chroma and SQLite disagree (e.g. an interrupted run)
         in_chroma = set(store.ids())
@@ -137,9 +144,7 @@ def _sync_items(items: list[Item], storage: Storage, store: ChromaStore, embedde
     report.updated = len(changed) - report.added
     report.unchanged = len(items) - len(changed)
     if changed:
-        logger.info("embedding %d items", len(changed))
-        vectors = embedder.encode([item.text for item in changed])
-        store.upsert([i.id for i in changed], vectors, [_metadata(i, hashes[i.id]) for i in changed])
+        _embed_and_upsert(changed, hashes, store, embedder)
         storage.upsert_items((item, hashes[item.id]) for item in changed)
     gone = sorted(set(storage.item_hashes()) - set(hashes))
     if gone:
@@ -148,8 +153,37 @@ def _sync_items(items: list[Item], storage: Storage, store: ChromaStore, embedde
     report.removed = len(gone)
 
 
+def _embed_and_upsert(items: list[Item], hashes: dict[str, str], store: VectorStore, embedder: Embedder) -> None:
+    """Encode in chunks and upsert each chunk on a background thread while the next one
+    encodes: the Chroma write then costs (almost) no wall time beside the encoder."""
+    logger.info("embedding %d items", len(items))
+    show = logger.getEffectiveLevel() <= logging.INFO and len(items) > _CHUNK
+    with (
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="recbot-upsert") as pool,
+        tqdm(total=len(items), desc="Embedding", unit="item", disable=not show) as bar,
+    ):
+        pending: Future[None] | None = None
+        for start in range(0, len(items), _CHUNK):
+            chunk = items[start : start + _CHUNK]
+            vectors = embedder.encode([item.text for item in chunk], show_progress=False)
+            if pending is not None:
+                pending.result()  # surface a failed write now, and keep one write in flight
+            pending = pool.submit(
+                store.upsert, [i.id for i in chunk], vectors, [_metadata(i, hashes[i.id]) for i in chunk]
+            )
+            bar.update(len(chunk))
+        if pending is not None:
+            pending.result()
+
+
 def _metadata(item: Item, content_hash: str) -> dict[str, object]:
-    return {**dict(item.metadata), "title": item.title, "category": item.category, "tags": list(item.tags), "hash": content_hash}
+    return {
+        **dict(item.metadata),
+        "title": item.title,
+        "category": item.category,
+        "tags": list(item.tags),
+        "hash": content_hash,
+    }
 
 
 def _embed_reviews(interactions: list[Interaction], storage: Storage, embedder: Embedder) -> int:

@@ -12,8 +12,8 @@ import numpy as np
 
 from recbot.catalog import Format
 from recbot.config import Settings
-from recbot.ingest import IngestReport, ingest
 from recbot.errors import ConfigError, IndexNotBuiltError, UnknownItemError
+from recbot.ingest import IngestReport, ingest
 from recbot.retrieval.embedder import BUNDLED_ENCODER_ID, Embedder, LazyEmbedder
 from recbot.retrieval.profile import blend_query, build_profile, rating_weight, recency_weights, with_reviews
 from recbot.retrieval.ranking import mmr, top_reasons
@@ -37,7 +37,9 @@ STRATEGY_TEXT: dict[str, str] = {
 class BlurbWriter(Protocol):
     """Fills in blurbs for finished recommendations (see recbot.generation)."""
 
-    def write(self, user_history: list[tuple[Item, Interaction]], recs: list[Recommendation]) -> list[Recommendation]: ...
+    def write(
+        self, user_history: list[tuple[Item, Interaction]], recs: list[Recommendation]
+    ) -> list[Recommendation]: ...
 
 
 class Recommendations(list[Recommendation]):
@@ -91,7 +93,9 @@ class Recommender:
         self._popularity: dict[str, int] | None = None
 
     @classmethod
-    def open(cls, data_dir: str | Path | None = None, *, settings: Settings | None = None, **overrides: Any) -> Recommender:
+    def open(
+        cls, data_dir: str | Path | None = None, *, settings: Settings | None = None, **overrides: Any
+    ) -> Recommender:
         """Open the recommender over an ingested data dir. Models load lazily, once.
 
         Example:
@@ -111,6 +115,17 @@ class Recommender:
             encoder = indexed
         embedder = make_embedder(settings.replace(encoder=encoder))
         return cls(settings, storage=storage, store=open_store(settings), embedder=embedder)
+
+    def close(self) -> None:
+        """Release the database connections; the Recommender cannot be used after."""
+        self.store.close()
+        self.storage.close()
+
+    def __enter__(self) -> Recommender:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- the core call --
     def recommend(
@@ -146,9 +161,9 @@ class Recommender:
         if k < 1:
             raise ConfigError(f"k must be at least 1, got {k}")
         self._reload_if_changed()
-        if self.storage.item_count() == 0:
-            raise IndexNotBuiltError(f"no catalog in {self.settings.data_dir}; run: recbot ingest CATALOG")
         catalog = self.storage.items()
+        if not catalog:
+            raise IndexNotBuiltError(f"no catalog in {self.settings.data_dir}; run: recbot ingest CATALOG")
         all_filters = {**(filters or {}), **({"category": category} if category else {})}
         history = [h for h in self.storage.history(user_id) if h.item_id in catalog]
         feedback = self.storage.feedback(user_id)
@@ -159,7 +174,13 @@ class Recommender:
         ask = self.embedder.encode([query], show_progress=False)[0] if query and query.strip() else None
         target = blend_query(profile, ask, self.settings.query_weight)
         strategy: Strategy = (
-            "popular" if target is None else "query" if profile is None else "profile" if ask is None else "profile+query"
+            "popular"
+            if target is None
+            else "query"
+            if profile is None
+            else "profile"
+            if ask is None
+            else "profile+query"
         )
         lam = self.settings.surprise_mmr_lambda if surprise else self.settings.mmr_lambda
         if target is not None:
@@ -196,7 +217,15 @@ class Recommender:
 
         See ``recbot.ingest.ingest``; this process sees the new index at once.
         """
-        report = ingest(path, storage=self.storage, store=self.store, embedder=self.embedder, fmt=fmt, interactions=interactions, strict=strict)  # type: ignore[arg-type]
+        report = ingest(
+            path,
+            storage=self.storage,
+            store=self.store,
+            embedder=self.embedder,
+            fmt=fmt,
+            interactions=interactions,
+            strict=strict,
+        )
         self._reload_if_changed()
         return report
 
@@ -245,7 +274,9 @@ class Recommender:
         )
         return vectors, weights
 
-    def _popular_candidates(self, catalog: Mapping[str, Item], filters: Mapping[str, Any], exclude: frozenset[str]) -> tuple[list[str], np.ndarray]:
+    def _popular_candidates(
+        self, catalog: Mapping[str, Item], filters: Mapping[str, Any], exclude: frozenset[str]
+    ) -> tuple[list[str], np.ndarray]:
         if self._popularity is None:
             self._popularity = self.storage.popularity()
         pop = self._popularity

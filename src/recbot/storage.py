@@ -113,7 +113,7 @@ class Storage:
 
     # -- items --
     def item_hashes(self) -> dict[str, str]:
-        return dict(self._query("SELECT id, hash FROM items"))  # type: ignore[arg-type]
+        return dict(self._query("SELECT id, hash FROM items"))
 
     def upsert_items(self, items: Iterable[tuple[Item, str]]) -> None:
         with self.transaction() as conn:
@@ -132,9 +132,7 @@ class Storage:
     def items(self) -> dict[str, Item]:
         """Every catalog item by id (cached until the next write through this Storage)."""
         if self._items is None:
-            self._items = {
-                row[0]: _item_from_json(row[1]) for row in self._query("SELECT id, data FROM items")
-            }
+            self._items = {row[0]: _item_from_json(row[1]) for row in self._query("SELECT id, data FROM items")}
         return self._items
 
     def invalidate(self) -> None:
@@ -177,7 +175,7 @@ class Storage:
 
     def popularity(self) -> dict[str, int]:
         """Number of users who interacted with each item (positively or not)."""
-        return dict(self._query("SELECT item_id, COUNT(*) FROM interactions GROUP BY item_id"))  # type: ignore[arg-type]
+        return dict(self._query("SELECT item_id, COUNT(*) FROM interactions GROUP BY item_id"))
 
     # -- feedback --
     def add_feedback(self, user_id: str, item_id: str, value: int) -> None:
@@ -189,7 +187,7 @@ class Storage:
             )
 
     def feedback(self, user_id: str) -> dict[str, int]:
-        return dict(self._query("SELECT item_id, value FROM feedback WHERE user_id = ?", (user_id,)))  # type: ignore[arg-type]
+        return dict(self._query("SELECT item_id, value FROM feedback WHERE user_id = ?", (user_id,)))
 
     # -- cached review vectors --
     def review_vectors(self, user_id: str) -> dict[str, tuple[str, np.ndarray]]:

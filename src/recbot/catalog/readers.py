@@ -15,7 +15,7 @@ from typing import Any, Literal, TypeVar
 
 from recbot.catalog.records import ReadResult, RowError, parse_interaction, parse_item
 from recbot.errors import CatalogError
-from recbot.types import Interaction, Item
+from recbot.types import Item
 
 __all__ = [
     "Format",
@@ -37,7 +37,7 @@ _SURROGATE = re.compile("[\udc80-\udcff]")
 
 def _open_bytes(path: Path) -> io.BufferedIOBase:
     if path.suffix == ".gz":
-        return gzip.open(path, "rb")  # type: ignore[return-value]
+        return gzip.open(path, "rb")
     return path.open("rb")
 
 
@@ -51,7 +51,9 @@ def _iter_jsonl(path: Path, rejected: list[RowError]) -> Iterator[Row]:
                 try:
                     text = raw.decode("utf-8")
                 except UnicodeDecodeError as exc:
-                    rejected.append(RowError(name, line_no, None, f"is not valid UTF-8 ({exc.reason} at byte {exc.start})"))
+                    rejected.append(
+                        RowError(name, line_no, None, f"is not valid UTF-8 ({exc.reason} at byte {exc.start})")
+                    )
                     continue
                 try:
                     record = json.loads(text)
@@ -59,7 +61,9 @@ def _iter_jsonl(path: Path, rejected: list[RowError]) -> Iterator[Row]:
                     rejected.append(RowError(name, line_no, None, f"is not valid JSON ({exc.msg}, column {exc.colno})"))
                     continue
                 if not isinstance(record, dict):
-                    rejected.append(RowError(name, line_no, None, f"must be a JSON object, got {type(record).__name__}"))
+                    rejected.append(
+                        RowError(name, line_no, None, f"must be a JSON object, got {type(record).__name__}")
+                    )
                     continue
                 yield line_no, record
     except (OSError, EOFError) as exc:  # unreadable file, or a truncated gzip
@@ -82,7 +86,9 @@ def _iter_csv(path: Path, rejected: list[RowError]) -> Iterator[Row]:
     for row in reader:
         line_no, start = start, reader.line_num + 1
         if None in row:  # more cells than header columns
-            rejected.append(RowError(name, line_no, None, f"has {len(header) + len(row[None])} cells, the header has {len(header)}"))  # type: ignore[index]
+            rejected.append(
+                RowError(name, line_no, None, f"has {len(header) + len(row[None])} cells, the header has {len(header)}")
+            )
             continue
         bad = [k for k, v in row.items() if v is not None and _SURROGATE.search(v)]
         if bad:
@@ -128,7 +134,11 @@ def _dedupe_items(parsed: list[tuple[int, Item]], file: str, result: ReadResult)
     latest: dict[str, Item] = {}
     for line_no, item in parsed:
         if item.id in first_line:
-            result.notes.append(RowError(file, line_no, "id", f"duplicates {item.id!r} from line {first_line[item.id]}; the last one wins"))
+            result.notes.append(
+                RowError(
+                    file, line_no, "id", f"duplicates {item.id!r} from line {first_line[item.id]}; the last one wins"
+                )
+            )
         else:
             first_line[item.id] = line_no
         latest[item.id] = item
@@ -201,9 +211,16 @@ def read_movielens(directory: Path) -> ReadResult:
     ratings = directory / "ratings.csv"
     if ratings.exists():
         for line_no, row in _iter_csv(ratings, result.rejected):
-            record = {"user_id": row.get("userId"), "item_id": row.get("movieId"), "rating": row.get("rating"), "timestamp": row.get("timestamp")}
+            record = {
+                "user_id": row.get("userId"),
+                "item_id": row.get("movieId"),
+                "rating": row.get("rating"),
+                "timestamp": row.get("timestamp"),
+            }
             try:
-                result.add_interaction(parse_interaction(record, file=ratings.name, line=line_no), ratings.name, line_no)
+                result.add_interaction(
+                    parse_interaction(record, file=ratings.name, line=line_no), ratings.name, line_no
+                )
             except CatalogError as exc:
                 result.rejected.append(RowError.from_error(exc))
     return result
@@ -255,5 +272,3 @@ def read_amazon(path: Path) -> ReadResult:
         texts[interaction.item_id].append(body)
     result.items = [amazon_item(a, summaries[a], texts[a]) for a in summaries]
     return result
-
-

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from recbot.errors import CatalogError
@@ -100,8 +100,7 @@ def parse_item(record: Mapping[str, Any], *, file: str, line: int | None) -> Ite
             continue
         if not isinstance(value, (str, int, float, bool)):
             raise CatalogError(
-                f"must be a scalar (text, number or boolean) to be kept as metadata, "
-                f"got {type(value).__name__}",
+                f"must be a scalar (text, number or boolean) to be kept as metadata, got {type(value).__name__}",
                 field=str(key),
                 **where,
             )
@@ -135,7 +134,7 @@ def parse_timestamp(value: Any) -> int | None:
         pass
     moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     return int(moment.timestamp())
 
 

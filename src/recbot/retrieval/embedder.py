@@ -93,6 +93,9 @@ class BertEmbedder:
         batch_size: int = 64,
         max_length: int = 256,
     ) -> None:
+        # read by huggingface_hub at import: set before transformers loads
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
         import torch  # heavy: imported here, not at module load
         from transformers import AutoModel, AutoTokenizer
 
@@ -126,7 +129,10 @@ class BertEmbedder:
             show_progress = logger.getEffectiveLevel() <= logging.INFO and len(texts) > self.batch_size
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         order = np.argsort([-len(t) for t in texts], kind="stable")
-        with torch.inference_mode(), tqdm(total=len(texts), desc="Embedding", unit="text", disable=not show_progress) as bar:
+        with (
+            torch.inference_mode(),
+            tqdm(total=len(texts), desc="Embedding", unit="text", disable=not show_progress) as bar,
+        ):
             for start in range(0, len(texts), self.batch_size):
                 idx = order[start : start + self.batch_size]
                 batch = self.tokenizer(  # type: ignore[operator]

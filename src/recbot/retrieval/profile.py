@@ -67,9 +67,7 @@ def with_reviews(
     return out
 
 
-def build_profile(
-    vectors: np.ndarray, weights: np.ndarray, *, dislike_weight: float = 0.5
-) -> np.ndarray | None:
+def build_profile(vectors: np.ndarray, weights: np.ndarray, *, dislike_weight: float = 0.5) -> np.ndarray | None:
     """Weighted sum of history vectors, unit length; None when nothing is liked.
 
     Args:

@@ -42,9 +42,7 @@ def mmr(vectors: np.ndarray, relevance: np.ndarray, k: int, lambda_: float) -> l
     return picked
 
 
-def top_reasons(
-    candidate: np.ndarray, history: np.ndarray, weights: np.ndarray, n: int
-) -> list[tuple[int, float]]:
+def top_reasons(candidate: np.ndarray, history: np.ndarray, weights: np.ndarray, n: int) -> list[tuple[int, float]]:
     """The history items that contributed most to ``candidate``: ``(index, cosine)`` pairs.
 
     Contribution is ``weight * cosine``; only liked history items (weight > 0) with a

@@ -41,8 +41,12 @@ class VectorStore(Protocol):
     def upsert(self, ids: Sequence[str], vectors: np.ndarray, metadatas: Sequence[Mapping[str, Any]]) -> None: ...
     def delete(self, ids: Sequence[str]) -> None: ...
     def get_vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]: ...
-    def search(self, vector: np.ndarray, n: int, *, filters: Filters | None = None, exclude: frozenset[str] = frozenset()) -> list[Hit]: ...
+    def search(
+        self, vector: np.ndarray, n: int, *, filters: Filters | None = None, exclude: frozenset[str] = frozenset()
+    ) -> list[Hit]: ...
     def refresh(self) -> None: ...
+    def ids(self) -> list[str]: ...
+    def close(self) -> None: ...
 
 
 def make_client(path: str | Path | None = None, *, host: str | None = None, port: int = 8000) -> ClientAPI:
@@ -124,13 +128,25 @@ class ChromaStore:
         )
         self.exact_max_items = exact_max_items
         self._snapshot: _Snapshot | None = None
+        self._count: int | None = None  # cached until a write or refresh
 
     def count(self) -> int:
-        return int(self.collection.count())
+        if self._count is None:
+            self._count = int(self.collection.count())
+        return self._count
+
+    def _changed(self) -> None:
+        self._snapshot = None
+        self._count = None
+
+    def close(self) -> None:
+        """Release the client (its HTTP connections, or the embedded database)."""
+        self.client.close()  # type: ignore[attr-defined]
+        self._changed()
 
     def refresh(self) -> None:
         """Forget the in-process snapshot (another process may have written)."""
-        self._snapshot = None
+        self._changed()
 
     def upsert(self, ids: Sequence[str], vectors: np.ndarray, metadatas: Sequence[Mapping[str, Any]]) -> None:
         for start in range(0, len(ids), _PAGE):
@@ -138,14 +154,14 @@ class ChromaStore:
             self.collection.upsert(
                 ids=list(ids[start:end]),
                 embeddings=np.asarray(vectors[start:end], dtype=np.float32),
-                metadatas=[_clean_metadata(md) for md in metadatas[start:end]],  # type: ignore[misc]
+                metadatas=[_clean_metadata(md) for md in metadatas[start:end]],
             )
-        self._snapshot = None
+        self._changed()
 
     def delete(self, ids: Sequence[str]) -> None:
         for start in range(0, len(ids), _PAGE):
             self.collection.delete(ids=list(ids[start : start + _PAGE]))
-        self._snapshot = None
+        self._changed()
 
     def ids(self) -> list[str]:
         return list(self.snapshot().ids)
@@ -154,7 +170,7 @@ class ChromaStore:
         snap = self.snapshot() if self.count() <= self.exact_max_items else None
         if snap is not None:
             return {i: snap.matrix[snap.row[i]] for i in ids if i in snap.row}
-        got = self.collection.get(ids=list(ids), include=["embeddings"])  # type: ignore[list-item]
+        got = self.collection.get(ids=list(ids), include=["embeddings"])
         return {i: np.asarray(v, dtype=np.float32) for i, v in zip(got["ids"], got["embeddings"], strict=True)}  # type: ignore[arg-type]
 
     def snapshot(self) -> _Snapshot:
@@ -165,7 +181,7 @@ class ChromaStore:
             blocks: list[np.ndarray] = []
             total = self.count()
             for offset in range(0, total, _PAGE):
-                got = self.collection.get(include=["embeddings", "metadatas"], limit=_PAGE, offset=offset)  # type: ignore[list-item]
+                got = self.collection.get(include=["embeddings", "metadatas"], limit=_PAGE, offset=offset)
                 ids.extend(got["ids"])
                 metadatas.extend(got["metadatas"] or [])
                 blocks.append(np.asarray(got["embeddings"], dtype=np.float32))
@@ -220,7 +236,7 @@ class ChromaStore:
             query_embeddings=np.asarray(vector, dtype=np.float32)[None, :],
             n_results=n + len(exclude),
             where=where,
-            include=["distances"],  # type: ignore[list-item]
+            include=["distances"],
         )
         hits = [
             Hit(i, 1.0 - float(d))

@@ -1,0 +1,112 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from recbot.cli import demo_files, main
+from tests.conftest import TOY_INTERACTIONS, TOY_ITEMS, write_jsonl
+
+RECBOT = str(Path(sys.executable).parent / "recbot")
+
+
+@pytest.fixture
+def bad_files(tmp_path: Path) -> tuple[Path, Path]:
+    catalog = tmp_path / "catalog.jsonl"
+    lines = [json.dumps(r) for r in TOY_ITEMS] + [
+        json.dumps({"title": "no id"}),
+        json.dumps({"id": "e1", "title": ""}),
+        json.dumps({"id": "s1", "title": "Star Voyage (dup)"}),
+        '{"id": "broken",',
+    ]
+    catalog.write_bytes(("\n".join(lines) + "\n").encode() + b'{"id": "u8", "title": "bad \xc3\x28 utf8"}\n')
+    inter = write_jsonl(
+        tmp_path / "interactions.jsonl",
+        [*TOY_INTERACTIONS, {"user_id": "x", "item_id": "s1", "rating": "lots"}, {"user_id": "x", "item_id": "ghost"}],
+    )
+    return catalog, inter
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([RECBOT, *args], capture_output=True, text=True, timeout=120)
+
+
+def test_ingest_reports_every_bad_row_then_strict_fails_without_traceback(tmp_path: Path, bad_files, tiny_bert) -> None:
+    data = str(tmp_path / "d")
+    out = run(
+        "ingest",
+        str(bad_files[0]),
+        "--interactions",
+        str(bad_files[1]),
+        "--data-dir",
+        data,
+        "--encoder",
+        str(tiny_bert),
+    )
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    assert "10 added" in text and "rejected: 6 rows" in text
+    for expected in [
+        "catalog.jsonl line 11: field 'id' is missing",
+        "catalog.jsonl line 12: field 'title' is empty",
+        "catalog.jsonl line 14: is not valid JSON",
+        "catalog.jsonl line 15: is not valid UTF-8",
+        "interactions.jsonl line 6: field 'rating' must be a number, got 'lots'",
+        "interactions.jsonl line 7: field 'item_id' 'ghost' is not in the catalog",
+        "note: catalog.jsonl line 13: field 'id' duplicates 's1' from line 1",
+    ]:
+        assert expected in text
+    strict = run("--data-dir", data, "ingest", str(bad_files[0]), "--strict", "--encoder", str(tiny_bert))
+    assert strict.returncode == 1
+    assert "Traceback" not in strict.stderr
+    assert strict.stderr.strip().splitlines()[-1] == "CatalogError: 4 row(s) rejected; nothing was ingested (--strict)"
+
+
+def test_recommend_json_and_data_dir_on_both_sides(tmp_path: Path, tiny_bert, capsys) -> None:
+    catalog = write_jsonl(tmp_path / "c.jsonl", TOY_ITEMS)
+    inter = write_jsonl(tmp_path / "i.jsonl", TOY_INTERACTIONS)
+    data = str(tmp_path / "d")
+    assert (
+        main(["--data-dir", data, "--encoder", str(tiny_bert), "ingest", str(catalog), "--interactions", str(inter)])
+        == 0
+    )
+    capsys.readouterr()
+    assert main(["recommend", "--data-dir", data, "--user", "spacefan", "-k", "3", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["user_id"] == "spacefan" and len(out["recommendations"]) == 3
+    assert {r["item_id"] for r in out["recommendations"]}.isdisjoint({"s1", "s2"})
+    assert main(["--data-dir", data, "recommend", "--user", "spacefan", "--category", "kitchen", "--json"]) == 0
+    assert {r["item_id"] for r in json.loads(capsys.readouterr().out)["recommendations"]} == {"c2", "c3"}
+
+
+def test_user_errors_are_one_line(tmp_path: Path, capsys) -> None:
+    assert main(["--data-dir", str(tmp_path / "none"), "recommend", "--user", "u1"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"IndexNotBuiltError: no catalog in {tmp_path / 'none'}; run: recbot ingest CATALOG"]
+    assert main(["--data-dir", str(tmp_path), "ingest", str(tmp_path / "missing.jsonl")]) == 1
+    assert capsys.readouterr().err.strip().endswith("missing.jsonl: does not exist")
+
+
+def test_help_is_fast() -> None:
+    out = run("--help")
+    assert out.returncode == 0 and "ingest" in out.stdout
+
+
+def test_demo_users_get_different_lists_with_reasons(tmp_path: Path, capsys) -> None:
+    """The bundled catalog with the real bundled encoder (about 5 s)."""
+    data = str(tmp_path / "demo")
+    assert main(["--data-dir", data, "demo"]) == 0
+    assert "156 added" in capsys.readouterr().out
+    histories = {}
+    for line in demo_files()[1].read_text().splitlines():
+        row = json.loads(line)
+        histories.setdefault(row["user_id"], set()).add(row["item_id"])
+    lists = {}
+    for user in ["u1", "u2", "u4", "u5"]:
+        assert main(["--data-dir", data, "recommend", "--user", user, "-k", "5", "--json"]) == 0
+        recs = json.loads(capsys.readouterr().out)["recommendations"]
+        assert len(recs) == 5 and all(r["because"] for r in recs)
+        assert {r["item_id"] for r in recs}.isdisjoint(histories[user])
+        lists[user] = {r["item_id"] for r in recs}
+    assert lists["u2"].isdisjoint(lists["u4"]) and lists["u1"].isdisjoint(lists["u5"])

@@ -1,0 +1,61 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from recbot.errors import CatalogError
+from tests.conftest import TOY_ITEMS, KeywordEmbedder, write_jsonl
+
+
+def test_first_ingest_counts(toy_recommender) -> None:
+    assert toy_recommender.storage.item_count() == len(TOY_ITEMS)
+    assert toy_recommender.store.count() == len(TOY_ITEMS)
+    assert {u for u in toy_recommender.users()} == {"spacefan", "baker"}
+
+
+def test_reingest_unchanged_embeds_nothing_and_changes_are_tracked(make_recommender, toy_files, tmp_path: Path) -> None:
+    embedder = KeywordEmbedder()
+    rec = make_recommender(embedder=embedder)
+    first = rec.ingest(toy_files[0], interactions=toy_files[1])
+    assert (first.added, first.updated, first.unchanged, first.removed) == (10, 0, 0, 0)
+    assert first.interactions == 5 and first.reviews_embedded == 2
+    calls = embedder.texts_encoded
+
+    again = rec.ingest(toy_files[0], interactions=toy_files[1])
+    assert (again.added, again.updated, again.unchanged, again.removed, again.reviews_embedded) == (0, 0, 10, 0, 0)
+    assert embedder.texts_encoded == calls  # nothing re-embedded
+
+    changed = [dict(r) for r in TOY_ITEMS if r["id"] != "h2"]
+    changed[0]["description"] = "a brand new description"
+    changed.append({"id": "n1", "title": "New Thing"})
+    report = rec.ingest(write_jsonl(tmp_path / "v2.jsonl", changed))
+    assert (report.added, report.updated, report.unchanged, report.removed) == (1, 1, 8, 1)
+    assert embedder.texts_encoded == calls + 2
+    assert rec.store.count() == 10 and "h2" not in rec.storage.items()
+    assert rec.storage.items()["s1"].description == "a brand new description"
+
+
+def test_unknown_items_in_interactions_are_rejected_with_their_line(
+    make_recommender, toy_files, tmp_path: Path
+) -> None:
+    inter = write_jsonl(tmp_path / "i.jsonl", [{"user_id": "u", "item_id": "s1"}, {"user_id": "u", "item_id": "ghost"}])
+    report = make_recommender().ingest(toy_files[0], interactions=inter)
+    assert [str(e) for e in report.rejected] == ["i.jsonl line 2: field 'item_id' 'ghost' is not in the catalog"]
+    assert report.interactions == 1
+
+
+def test_strict_writes_nothing(make_recommender, toy_files, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(toy_files[0].read_text() + json.dumps({"id": "z"}) + "\n")
+    rec = make_recommender()
+    with pytest.raises(CatalogError, match="1 row") as info:
+        rec.ingest(bad, strict=True)
+    assert [e.field for e in info.value.rejected] == ["title"]
+    assert rec.storage.item_count() == 0 and rec.store.count() == 0
+
+
+def test_changing_encoder_reembeds_everything(make_recommender, toy_files) -> None:
+    make_recommender().ingest(toy_files[0])
+    other = KeywordEmbedder("another-encoder")
+    report = make_recommender(embedder=other).ingest(toy_files[0])
+    assert report.added == 10 and other.texts_encoded == 10

@@ -1,0 +1,60 @@
+import numpy as np
+import pytest
+
+from recbot.retrieval.profile import blend_query, build_profile, rating_weight, recency_weights, with_reviews
+from recbot.retrieval.ranking import mmr, top_reasons
+
+E = np.eye(3, dtype=np.float32)
+
+
+@pytest.mark.parametrize(
+    ("rating", "weight"), [(None, 1.0), (5, 1.0), (4, 0.5), (3, 0.0), (2, -0.5), (1, -1.0), (0.5, -1.0)]
+)
+def test_rating_weight(rating, weight) -> None:
+    assert rating_weight(rating) == weight
+
+
+def test_recency_halves_every_half_life() -> None:
+    day = 86_400
+    np.testing.assert_allclose(recency_weights([0, 10 * day, 20 * day], half_life_days=10), [0.25, 0.5, 1.0])
+    np.testing.assert_allclose(recency_weights([None, None], half_life_days=10), [0.5**0.1, 1.0])
+    assert recency_weights([], 10).shape == (0,)
+
+
+def test_profile_is_weighted_mean_pushed_away_from_dislikes() -> None:
+    p = build_profile(E, np.array([1.0, 1.0, -1.0]), dislike_weight=0.5)
+    np.testing.assert_allclose(p, np.array([1, 1, -0.5]) / 1.5, rtol=1e-6)
+    assert build_profile(E, np.array([0.0, -1.0, -1.0])) is None  # nothing liked: cold start
+    assert build_profile(np.zeros((0, 3)), np.zeros(0)) is None
+
+
+def test_blend_query() -> None:
+    np.testing.assert_allclose(blend_query(E[0], E[1], 0.5), np.array([1, 1, 0]) / np.sqrt(2), rtol=1e-6)
+    np.testing.assert_allclose(blend_query(None, E[1], 0.5), E[1])
+    np.testing.assert_allclose(blend_query(E[0], None, 0.5), E[0])
+    assert blend_query(None, None, 0.5) is None
+
+
+def test_with_reviews_moves_only_reviewed_items() -> None:
+    out = with_reviews(E[:2], [E[2], None], review_weight=1.0)
+    np.testing.assert_allclose(out[0], np.array([1, 0, 1]) / np.sqrt(2), rtol=1e-6)
+    np.testing.assert_allclose(out[1], E[1])
+
+
+def test_mmr_known_answer() -> None:
+    # a and a' are near-duplicates; b is different but slightly less relevant.
+    vecs = np.array([[1, 0], [0.99, 0.141], [0, 1]], dtype=np.float64)
+    rel = np.array([0.9, 0.89, 0.8])
+    assert mmr(vecs, rel, 3, lambda_=1.0) == [0, 1, 2]  # pure relevance
+    assert mmr(vecs, rel, 2, lambda_=0.5) == [0, 2]  # the duplicate loses to the different item
+    assert mmr(vecs, rel, 10, lambda_=0.5) == [0, 2, 1]  # k larger than the list
+    assert mmr(np.zeros((0, 2)), np.zeros(0), 3, 0.5) == []
+
+
+def test_top_reasons_ranks_by_weighted_similarity() -> None:
+    history = np.array([[1, 0], [0.8, 0.6], [0, 1]], dtype=np.float64)
+    reasons = top_reasons(np.array([1.0, 0.0]), history, np.array([0.2, 1.0, 1.0]), n=2)
+    assert [i for i, _ in reasons] == [1, 0]  # 1.0*0.8 beats 0.2*1.0
+    assert reasons[0][1] == pytest.approx(0.8)
+    # disliked (weight 0) and orthogonal items are never reasons
+    assert top_reasons(np.array([0.0, 1.0]), history[:1], np.array([1.0]), n=2) == []

@@ -1,0 +1,83 @@
+from pathlib import Path
+
+import pytest
+
+from recbot.errors import ConfigError, IndexNotBuiltError, UnknownItemError
+from tests.conftest import TOY_ITEMS, write_jsonl
+
+TOPICS = ["apple", "brick", "cloud", "delta", "ember"]
+
+
+def test_oracle_withheld_item_of_the_users_topic_comes_first(make_recommender, tmp_path: Path) -> None:
+    # Each user liked 3 of the 4 items of "their" topic; the 4th must be recommended first.
+    items = [{"id": f"{t}{j}", "title": f"{t} {t} {t} n{j}"} for t in TOPICS for j in range(4)]
+    inter = [{"user_id": t, "item_id": f"{t}{j}", "rating": 5} for t in TOPICS for j in range(3)]
+    rec = make_recommender()
+    rec.ingest(write_jsonl(tmp_path / "c.jsonl", items), interactions=write_jsonl(tmp_path / "i.jsonl", inter))
+    for topic in TOPICS:
+        recs = rec.recommend(topic, k=3)
+        assert recs[0].item.id == f"{topic}3"
+        assert recs.strategy == "profile"
+        assert {r.item.id for r in recs}.isdisjoint({f"{topic}{j}" for j in range(3)})
+        assert recs[0].because and all(b.item_id.startswith(topic) for b in recs[0].because)
+
+
+def test_history_excluded_reasons_given_and_users_differ(toy_recommender) -> None:
+    space = toy_recommender.recommend("spacefan", k=3)
+    baker = toy_recommender.recommend("baker", k=3)
+    assert len(space) == 3 and [r.rank for r in space] == [1, 2, 3]
+    assert {r.item.id for r in space}.isdisjoint({"s1", "s2"})
+    assert {r.item.id for r in baker}.isdisjoint({"c1", "c2", "s3"})
+    assert space[0].item.id in {"s3", "s4"} and baker[0].item.id in {"c3", "c4"}
+    assert all(b.item_id in {"s1", "s2"} for r in space for b in r.because)
+    # the baker's disliked space film is never a reason
+    assert all(b.item_id != "s3" for r in baker for b in r.because)
+
+
+def test_category_and_metadata_filters(toy_recommender) -> None:
+    recs = toy_recommender.recommend("spacefan", k=5, category="kitchen")
+    assert recs and all(r.item.category == "kitchen" for r in recs)
+    recs = toy_recommender.recommend("spacefan", k=5, filters={"tags": "hiking"})
+    assert [r.item.id for r in recs] == ["h1"]
+
+
+def test_query_steers_and_cold_start(toy_recommender) -> None:
+    steered = toy_recommender.recommend("spacefan", query="tent for mountain camping", k=1)
+    assert steered.strategy == "profile+query" and steered[0].item.id == "h2"
+    cold = toy_recommender.recommend("nobody", query="oven for cake", k=2)
+    assert cold.strategy == "query" and cold[0].item.id == "c2" and cold[0].because == ()
+    popular = toy_recommender.recommend("nobody", k=3)
+    assert popular.strategy == "popular" and len(popular) == 3
+    assert popular.to_dict()["strategy"] == "popular"
+
+
+def test_feedback_changes_the_next_answer(toy_recommender) -> None:
+    first = toy_recommender.recommend("spacefan", k=2)[0].item.id
+    toy_recommender.add_feedback("spacefan", first, liked=False)
+    assert first not in {r.item.id for r in toy_recommender.recommend("spacefan", k=8)}
+    toy_recommender.add_feedback("spacefan", "h1", liked=True)
+    assert "h1" in {i.id for i, _ in toy_recommender.history("spacefan")}
+    with pytest.raises(UnknownItemError):
+        toy_recommender.add_feedback("spacefan", "ghost", liked=True)
+
+
+def test_json_shape(toy_recommender) -> None:
+    out = toy_recommender.recommend("spacefan", k=2).to_dict()
+    assert set(out) == {"user_id", "query", "strategy", "recommendations"}
+    rec = out["recommendations"][0]
+    assert set(rec) == {"item_id", "title", "score", "rank", "because", "blurb", "grounded"}
+    assert set(rec["because"][0]) == {"item_id", "title", "similarity"}
+    assert rec["blurb"] is None
+
+
+def test_errors(make_recommender, toy_recommender) -> None:
+    with pytest.raises(IndexNotBuiltError, match="recbot ingest"):
+        make_recommender(data_dir=toy_recommender.settings.data_dir.parent / "empty").recommend("u")
+    with pytest.raises(ConfigError):
+        toy_recommender.recommend("spacefan", k=0)
+
+
+def test_a_second_process_sees_a_new_ingest(make_recommender, toy_recommender, tmp_path: Path) -> None:
+    other = make_recommender(data_dir=toy_recommender.settings.data_dir)
+    other.ingest(write_jsonl(tmp_path / "more.jsonl", [*TOY_ITEMS, {"id": "z1", "title": "robots stars space robots"}]))
+    assert toy_recommender.recommend("spacefan", k=1)[0].item.id == "z1"
