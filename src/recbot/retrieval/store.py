@@ -110,7 +110,7 @@ class ChromaStore:
         *,
         ef_search: int = 200,
         max_neighbors: int = 32,
-        exact_max_items: int = 200_000,
+        exact_max_items: int = 100_000,
     ) -> None:
         self.client = client
         # HNSW settings only take effect when the collection is created.
