@@ -206,3 +206,32 @@ def shared_data() -> Path:
     if not SHARED_DATA.exists():
         pytest.skip(f"real data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer, 32-wide GPT-2 with a byte-level BPE tokenizer that knows the prompt
+    markers; bos/eos/pad ids lie inside its small vocabulary."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from recbot.generation.train import _make_scratch_tokenizer
+
+    path = tmp_path_factory.mktemp("tiny-gpt2")
+    corpus = [json.dumps(row) for row in TOY_ITEMS + TOY_INTERACTIONS] * 3
+    tokenizer = _make_scratch_tokenizer(corpus, vocab_size=400)
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=256,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    assert max(tokenizer.eos_token_id, tokenizer.pad_token_id) < config.vocab_size
+    torch.manual_seed(0)
+    GPT2LMHeadModel(config).save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    return path

@@ -1,4 +1,5 @@
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -72,11 +73,14 @@ def test_recommend_json_and_data_dir_on_both_sides(tmp_path: Path, tiny_bert, ca
         == 0
     )
     capsys.readouterr()
-    assert main(["recommend", "--data-dir", data, "--user", "spacefan", "-k", "3", "--json"]) == 0
+    assert main(["recommend", "--data-dir", data, "--user", "spacefan", "-k", "3", "--json", "--no-blurbs"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["user_id"] == "spacefan" and len(out["recommendations"]) == 3
     assert {r["item_id"] for r in out["recommendations"]}.isdisjoint({"s1", "s2"})
-    assert main(["--data-dir", data, "recommend", "--user", "spacefan", "--category", "kitchen", "--json"]) == 0
+    assert (
+        main(["--data-dir", data, "recommend", "--user", "spacefan", "--category", "kitchen", "--json", "--no-blurbs"])
+        == 0
+    )
     assert {r["item_id"] for r in json.loads(capsys.readouterr().out)["recommendations"]} == {"c2", "c3"}
 
 
@@ -88,23 +92,89 @@ def test_user_errors_are_one_line(tmp_path: Path, capsys) -> None:
     assert capsys.readouterr().err.strip().endswith("missing.jsonl: does not exist")
 
 
+def test_train_generator_smoke(tmp_path: Path, capsys, tiny_bert: Path) -> None:
+    catalog = write_jsonl(tmp_path / "c.jsonl", TOY_ITEMS)
+    inter = write_jsonl(tmp_path / "i.jsonl", TOY_INTERACTIONS)
+    data = str(tmp_path / "d")
+    assert (
+        main(["--data-dir", data, "--encoder", str(tiny_bert), "ingest", str(catalog), "--interactions", str(inter)])
+        == 0
+    )
+    assert (
+        main(
+            [
+                "--data-dir",
+                data,
+                "train-generator",
+                "--base",
+                "scratch",
+                "--max-steps",
+                "2",
+                "--layers",
+                "2",
+                "--width",
+                "32",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "2 steps on" in out and "held-out perplexity" in out
+    generator = Path(data) / "generator"
+    assert {"model.safetensors", "tokenizer.json", "card.json", "README.md", "config.json"} <= {
+        p.name for p in generator.iterdir()
+    }
+    card = json.loads((generator / "card.json").read_text())
+    assert card["steps"] == 2 and card["held_out_perplexity"] > 0 and card["base"] == "trained from scratch"
+    assert main(["--data-dir", data, "recommend", "--user", "spacefan", "-k", "2", "--json"]) == 0
+    recs = json.loads(capsys.readouterr().out)["recommendations"]
+    assert all(r["blurb"] and r["grounded"] in (True, False) for r in recs)
+
+
+def test_fine_tune_from_a_local_gpt2(tmp_path: Path, toy_recommender, tiny_gpt2: Path) -> None:
+    from recbot.generation.train import TrainConfig
+
+    report = toy_recommender.train_generator(TrainConfig(base=str(tiny_gpt2), max_steps=2), out_dir=tmp_path / "ft")
+    assert report.base == f"fine-tuned from {tiny_gpt2}" and report.steps == 2
+    assert (tmp_path / "ft" / "model.safetensors").exists()
+
+
+def test_missing_generator_is_one_clear_error(tmp_path: Path, capsys, tiny_bert: Path, monkeypatch) -> None:
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    catalog = write_jsonl(tmp_path / "c.jsonl", TOY_ITEMS)
+    inter = write_jsonl(tmp_path / "i.jsonl", TOY_INTERACTIONS)
+    data = str(tmp_path / "d")
+    assert (
+        main(["--data-dir", data, "--encoder", str(tiny_bert), "ingest", str(catalog), "--interactions", str(inter)])
+        == 0
+    )
+    capsys.readouterr()
+    assert main(["--data-dir", data, "recommend", "--user", "spacefan"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ModelNotFoundError:") and "recbot train-generator" in err[0]
+
+
 def test_help_is_fast() -> None:
     out = run("--help")
     assert out.returncode == 0 and "ingest" in out.stdout
 
 
-def test_demo_users_get_different_lists_with_reasons(tmp_path: Path, capsys) -> None:
-    """The bundled catalog with the real bundled encoder (about 5 s)."""
+def test_demo_users_get_different_lists_with_reasons(tmp_path: Path, capsys, tiny_gpt2: Path) -> None:
+    """The bundled catalog with the real bundled encoder (about 5 s); a tiny generator is
+    put in place first, so the demo reuses it instead of training one."""
     data = str(tmp_path / "demo")
+    shutil.copytree(tiny_gpt2, tmp_path / "demo" / "generator")
     assert main(["--data-dir", data, "demo"]) == 0
-    assert "156 added" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "156 added" in out and "training" not in out
+    assert out.count("Because you liked") >= 10  # blurbs for both demo users
     histories = {}
     for line in demo_files()[1].read_text().splitlines():
         row = json.loads(line)
         histories.setdefault(row["user_id"], set()).add(row["item_id"])
     lists = {}
     for user in ["u1", "u2", "u4", "u5"]:
-        assert main(["--data-dir", data, "recommend", "--user", user, "-k", "5", "--json"]) == 0
+        assert main(["--data-dir", data, "recommend", "--user", user, "-k", "5", "--json", "--no-blurbs"]) == 0
         recs = json.loads(capsys.readouterr().out)["recommendations"]
         assert len(recs) == 5 and all(r["because"] for r in recs)
         assert {r["item_id"] for r in recs}.isdisjoint(histories[user])

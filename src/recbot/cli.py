@@ -63,6 +63,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-blurbs", action="store_true", help="skip blurb generation (loads no generator)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
+    p = command("train-generator", "train (or fine-tune) the GPT-2 blurb generator on the ingested data")
+    p.add_argument("--base", default="auto", help="auto | scratch | a GPT-2 model id or path to fine-tune")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--time-budget", type=float, default=None, help="stop after this many seconds of training")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--holdout-last", action="store_true", help="hold out each user's last interaction for evaluation")
+    p.add_argument("--augment", type=int, default=3, help="fact-based examples per catalog item")
+    p.add_argument("--layers", type=int, default=4, help="from scratch: transformer layers")
+    p.add_argument("--width", type=int, default=256, help="from scratch: embedding width")
+    p.add_argument("--out", type=Path, default=None, help="where to save (default: DATA_DIR/generator)")
+
     p = command("demo", "ingest the bundled demo catalog and show recommendations for demo users")
     p.add_argument("--user", action="append", help="demo user(s) to show (default: u1 and u2)")
     return parser
@@ -134,6 +146,25 @@ def cmd_recommend(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_train_generator(args: argparse.Namespace, settings: Settings) -> int:
+    from recbot.generation.train import TrainConfig
+
+    config = TrainConfig(
+        base=args.base,
+        epochs=args.epochs,
+        max_steps=args.max_steps,
+        time_budget_s=args.time_budget,
+        batch_size=args.batch_size,
+        holdout_last=args.holdout_last,
+        augment_per_item=args.augment,
+        n_layer=args.layers,
+        n_embd=args.width,
+    )
+    report = _open(settings).train_generator(config, out_dir=args.out)
+    print("\n".join(report.lines()))
+    return 0
+
+
 def demo_files() -> tuple[Path, Path]:
     """The bundled demo catalog and interactions."""
     root = Path(str(resources.files("recbot") / "demo"))
@@ -145,6 +176,11 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     catalog, interactions = demo_files()
     report = rec.ingest(catalog, interactions=interactions)
     print(report.lines()[0])
+    if not rec.has_generator():
+        from recbot.generation.train import DEMO_CONFIG
+
+        print("No generator found: training a small GPT-2 on the demo catalog (about 3 minutes, once)...")
+        print("\n".join(rec.train_generator(DEMO_CONFIG).lines()))
     for user in args.user or ["u1", "u2"]:
         print()
         _print_recs(rec.recommend(user, k=5))
@@ -159,7 +195,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(bool(args.quiet))
     try:
         settings = _settings(args)
-        handler = {"ingest": cmd_ingest, "recommend": cmd_recommend, "demo": cmd_demo}[args.command]
+        handler = {
+            "ingest": cmd_ingest,
+            "recommend": cmd_recommend,
+            "train-generator": cmd_train_generator,
+            "demo": cmd_demo,
+        }[args.command]
         return handler(args, settings)
     except CatalogError as exc:
         for row in exc.rejected:

@@ -45,6 +45,18 @@ class Settings:
     mmr_lambda: float = 0.7  # 1: pure relevance; lower: more diverse
     surprise_mmr_lambda: float = 0.4  # "surprise me"
     reasons_per_item: int = 2  # "because you liked X" entries per recommendation
+    # -- generator (GPT-2) --
+    generator: str | None = None  # hub id or path; None: the trained one in data_dir, else gpt2 from the cache
+    max_new_tokens: int = 40  # per blurb, after the fixed opening
+    temperature: float = 0.7  # sampling temperature of the candidates
+    top_p: float = 0.9  # nucleus sampling
+    repetition_penalty: float = 1.2  # discourages loops
+    no_repeat_ngram_size: int = 3  # no 3-gram twice in a blurb
+    copy_bias: float = 1.5  # logit boost for tokens of the item's facts and the user's words; 0 turns it off
+    num_candidates: int = 3  # blurbs sampled per item; the best-scoring one that passes the guard wins
+    seed: int = 0  # same seed, same inputs, same dtype: same blurbs
+    generator_dtype: str = "float32"  # "bfloat16": faster batches on AMX CPUs, but batched text may differ
+    max_blurb_chars: int = 320  # longer blurbs are cut at a sentence end
 
     @classmethod
     def from_toml(cls, path: str | Path, **overrides: Any) -> Settings:
@@ -82,5 +94,9 @@ class Settings:
             raise ConfigError(f"mmr_lambda must lie in [0, 1], got {self.mmr_lambda}")
         if self.k < 1 or self.candidates < 1:
             raise ConfigError("k and candidates must be at least 1")
+        if self.generator_dtype not in ("float32", "bfloat16"):
+            raise ConfigError(f"generator_dtype must be 'float32' or 'bfloat16', got {self.generator_dtype!r}")
+        if self.num_candidates < 1 or self.max_new_tokens < 1:
+            raise ConfigError("num_candidates and max_new_tokens must be at least 1")
         if self.recency_half_life_days <= 0:
             raise ConfigError("recency_half_life_days must be positive")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 
@@ -20,6 +20,9 @@ from recbot.retrieval.ranking import mmr, top_reasons
 from recbot.retrieval.store import ChromaStore, Filters, VectorStore, make_client
 from recbot.storage import Storage
 from recbot.types import Interaction, Item, Reason, Recommendation
+
+if TYPE_CHECKING:
+    from recbot.generation.train import TrainConfig, TrainReport
 
 __all__ = ["Recommendations", "Recommender", "Strategy"]
 
@@ -38,7 +41,7 @@ class BlurbWriter(Protocol):
     """Fills in blurbs for finished recommendations (see recbot.generation)."""
 
     def write(
-        self, user_history: list[tuple[Item, Interaction]], recs: list[Recommendation]
+        self, history: Sequence[tuple[Item, Interaction]], recs: Sequence[Recommendation], catalog: Mapping[str, Item]
     ) -> list[Recommendation]: ...
 
 
@@ -114,7 +117,11 @@ class Recommender:
         if indexed is not None and indexed != BUNDLED_ENCODER_ID:
             encoder = indexed
         embedder = make_embedder(settings.replace(encoder=encoder))
-        return cls(settings, storage=storage, store=open_store(settings), embedder=embedder)
+        from recbot.generation.writer import LazyWriter
+
+        return cls(
+            settings, storage=storage, store=open_store(settings), embedder=embedder, writer=LazyWriter(settings)
+        )
 
     def close(self) -> None:
         """Release the database connections; the Recommender cannot be used after."""
@@ -201,7 +208,7 @@ class Recommender:
             because = tuple(Reason(history[h].item_id, catalog[history[h].item_id].title, s) for h, s in reasons)
             recs.append(Recommendation(item=catalog[ids[j]], score=float(relevance[j]), rank=rank, because=because))
         if blurbs and self.writer is not None and recs:
-            recs = self.writer.write([(catalog[h.item_id], h) for h in history], recs)
+            recs = self.writer.write([(catalog[h.item_id], h) for h in history], recs, catalog)
         logger.debug("recommend(%s) %s in %.1f ms", user_id, strategy, (time.perf_counter() - started) * 1e3)
         return Recommendations(recs, user_id=user_id, query=query, strategy=strategy)
 
@@ -228,6 +235,34 @@ class Recommender:
         )
         self._reload_if_changed()
         return report
+
+    def train_generator(self, config: TrainConfig | None = None, *, out_dir: str | Path | None = None) -> TrainReport:
+        """Train the blurb generator on this data dir's catalog and interactions, save it
+        to ``DATA_DIR/generator`` (or ``out_dir``), and use it from now on."""
+        from recbot.generation.train import TrainConfig, train_generator
+        from recbot.generation.writer import GENERATOR_DIR, LazyWriter
+
+        self._reload_if_changed()
+        catalog = self.storage.items()
+        snap_ids = list(catalog)
+        vectors = self.store.get_vectors(snap_ids)
+        interactions = [h for user in self.storage.users() for h in self.storage.history(user)]
+        target = Path(out_dir) if out_dir else Path(self.settings.data_dir) / GENERATOR_DIR
+        report = train_generator(catalog, interactions, vectors, target, config or TrainConfig())
+        if out_dir is None:
+            self.writer = LazyWriter(self.settings)  # pick up the new model on the next blurb
+        return report
+
+    def has_generator(self) -> bool:
+        """Whether a generator can be resolved (configured, trained here, or cached gpt2)."""
+        from recbot.errors import ModelNotFoundError
+        from recbot.generation.writer import resolve_generator
+
+        try:
+            resolve_generator(self.settings)
+        except ModelNotFoundError:
+            return False
+        return True
 
     # -- state the surfaces change --
     def add_feedback(self, user_id: str, item_id: str, liked: bool) -> None:

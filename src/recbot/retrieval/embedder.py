@@ -7,7 +7,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -51,7 +51,7 @@ def default_encoder_path() -> Path:
     return path
 
 
-def load_pretrained(loader: type, name: str, **kwargs: object) -> object:
+def load_pretrained(loader: type, name: str, **kwargs: object) -> Any:
     """``loader.from_pretrained`` the safe, offline-first way.
 
     A local path loads as is; a hub id loads from the local cache first, and only goes
@@ -103,11 +103,11 @@ class BertEmbedder:
         self._model_id = BUNDLED_ENCODER_ID if model is None else str(model)
         self.tokenizer = load_pretrained(AutoTokenizer, path)
         self.model = load_pretrained(AutoModel, path, use_safetensors=True)
-        self.model.eval().to(device)  # type: ignore[attr-defined]
+        self.model.eval().to(device)
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.max_length = max_length
-        self._dim = int(self.model.config.hidden_size)  # type: ignore[attr-defined]
+        self._dim = int(self.model.config.hidden_size)
 
     @property
     def model_id(self) -> str:
@@ -135,14 +135,14 @@ class BertEmbedder:
         ):
             for start in range(0, len(texts), self.batch_size):
                 idx = order[start : start + self.batch_size]
-                batch = self.tokenizer(  # type: ignore[operator]
+                batch = self.tokenizer(
                     [texts[i] for i in idx],
                     padding=True,
                     truncation=True,
                     max_length=self.max_length,
                     return_tensors="pt",
                 ).to(self.device)
-                hidden = self.model(**batch).last_hidden_state  # type: ignore[operator]
+                hidden = self.model(**batch).last_hidden_state
                 out[idx] = _mean_pool(hidden, batch["attention_mask"]).float().cpu().numpy()
                 bar.update(len(idx))
         return out

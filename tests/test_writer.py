@@ -1,0 +1,97 @@
+from pathlib import Path
+
+import pytest
+
+from recbot import Settings
+from recbot.errors import ModelNotFoundError
+from recbot.generation.guard import TitleIndex, check_blurb
+from recbot.generation.prompts import build_prompt
+from recbot.generation.writer import GPT2Writer, LazyWriter, resolve_generator
+
+
+@pytest.fixture
+def writer(tiny_gpt2: Path) -> GPT2Writer:
+    return GPT2Writer.load(str(tiny_gpt2), Settings.create(max_new_tokens=12, num_candidates=2))
+
+
+def _recs_and_context(rec, user="spacefan", k=4):
+    recs = rec.recommend(user, k=k, blurbs=False)
+    catalog = rec.storage.items()
+    history = rec.history(user)
+    return list(recs), history, catalog
+
+
+def test_every_final_blurb_passes_the_guard_in_one_batched_call(toy_recommender, writer, monkeypatch) -> None:
+    calls = []
+    original = writer.model.generate
+
+    def spy(**kwargs):
+        calls.append(kwargs["input_ids"].shape[0] * kwargs["num_return_sequences"])
+        return original(**kwargs)
+
+    monkeypatch.setattr(writer.model, "generate", spy)
+    recs, history, catalog = _recs_and_context(toy_recommender)
+    out = writer.write(history, recs, catalog)
+    assert calls[0] == len(recs) * 2  # all k items, all candidates, one call
+    assert len(calls) <= 2  # at most one retry round
+    index = TitleIndex(catalog.values())
+    allowed = {i.id for i, _ in history}
+    for before, after in zip(recs, out, strict=True):
+        assert after.item == before.item and after.blurb
+        assert check_blurb(after.blurb, after.item, index, allowed=allowed, min_words=1).ok
+        assert after.grounded in (True, False)
+        assert (after.blurb_note is None) == after.grounded
+
+
+def test_same_seed_same_blurbs(toy_recommender, writer) -> None:
+    recs, history, catalog = _recs_and_context(toy_recommender)
+    assert writer.write(history, recs, catalog) == writer.write(history, recs, catalog)
+
+
+def test_fp32_left_padded_batch_matches_one_at_a_time_greedy(toy_recommender, tiny_gpt2) -> None:
+    greedy = GPT2Writer.load(str(tiny_gpt2), Settings.create(max_new_tokens=10, temperature=0.0))
+    recs, history, catalog = _recs_and_context(toy_recommender)
+    prompts = [greedy.prompt_for(history, r, catalog).text for r in recs]
+    assert len({len(greedy.tokenizer(p).input_ids) for p in prompts}) > 1  # padding really happens
+    batched = [c[0] for c in greedy.generate(prompts)]
+    single = [greedy.generate([p])[0][0] for p in prompts]
+    assert batched == single
+
+
+def test_stream_yields_opening_then_the_same_text_as_generate(toy_recommender, tiny_gpt2) -> None:
+    greedy = GPT2Writer.load(str(tiny_gpt2), Settings.create(max_new_tokens=10, temperature=0.0))
+    recs, history, catalog = _recs_and_context(toy_recommender, k=1)
+    prompt = greedy.prompt_for(history, recs[0], catalog)
+    pieces = list(greedy.stream(prompt))
+    assert pieces[0] == prompt.opening
+    raw = greedy.generate([prompt.text])[0][0]
+    assert raw.startswith("".join(pieces[1:]))
+
+
+def test_recommender_fills_blurbs_only_when_asked(toy_recommender, tiny_gpt2) -> None:
+    toy_recommender.writer = LazyWriter(toy_recommender.settings.replace(generator=str(tiny_gpt2), max_new_tokens=8))
+    plain = toy_recommender.recommend("spacefan", k=2, blurbs=False)
+    assert all(r.blurb is None for r in plain) and toy_recommender.writer._writer is None  # nothing loaded
+    with_blurbs = toy_recommender.recommend("spacefan", k=2)
+    assert all(r.blurb and r.blurb.startswith("Because you liked") for r in with_blurbs)
+    assert all(r.to_dict()["grounded"] in (True, False) for r in with_blurbs)
+
+
+def test_resolution_order(tmp_path: Path, tiny_gpt2: Path, monkeypatch) -> None:
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache" / "hub"))
+    settings = Settings.create(data_dir=tmp_path / "d")
+    with pytest.raises(ModelNotFoundError, match="recbot train-generator"):
+        resolve_generator(settings)
+    trained = tmp_path / "d" / "generator"
+    trained.mkdir(parents=True)
+    (trained / "config.json").write_text("{}")
+    assert resolve_generator(settings) == str(trained)
+    assert resolve_generator(settings.replace(generator=str(tiny_gpt2))) == str(tiny_gpt2)
+
+
+def test_prompt_for_uses_the_top_reason(toy_recommender, writer) -> None:
+    recs, history, catalog = _recs_and_context(toy_recommender, k=1)
+    prompt = writer.prompt_for(history, recs[0], catalog)
+    because = catalog[recs[0].because[0].item_id]
+    assert prompt == build_prompt(recs[0].item, history, because)
