@@ -142,3 +142,17 @@ def test_unknown_extension_and_missing_file(tmp_path: Path) -> None:
         read_catalog(tmp_path / "x.txt")
     with pytest.raises(CatalogError, match="does not exist"):
         read_catalog(tmp_path / "nope.jsonl")
+
+
+def test_amazon_holdout_last_builds_item_text_from_the_training_split(tmp_path: Path) -> None:
+    path = tmp_path / "r.json"
+    rows = [
+        {"reviewerID": "r1", "asin": "A", "overall": 5, "summary": "Old words", "reviewText": "x", "unixReviewTime": 1},
+        {"reviewerID": "r1", "asin": "B", "overall": 5, "summary": "Secret words", "reviewText": "y", "unixReviewTime": 2},
+        {"reviewerID": "r2", "asin": "B", "overall": 4, "summary": "Fine words", "reviewText": "z", "unixReviewTime": 1},
+        {"reviewerID": "r2", "asin": "A", "overall": 4, "summary": "Tie A", "reviewText": "w", "unixReviewTime": 3},
+    ]
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    items = {i.id: i for i in read_catalog(path, holdout_last=True).items}
+    assert "Secret" not in items["B"].description and "Fine words" in items["B"].description
+    assert "Tie A" not in items["A"].description and "Old words" in items["A"].description

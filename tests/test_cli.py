@@ -29,6 +29,17 @@ def bad_files(tmp_path: Path) -> tuple[Path, Path]:
     return catalog, inter
 
 
+def cli_ingest(tmp_path: Path, encoder: Path) -> str:
+    """Ingest the toy catalog through the CLI into tmp_path/d; returns the data dir."""
+    catalog = write_jsonl(tmp_path / "c.jsonl", TOY_ITEMS)
+    inter = write_jsonl(tmp_path / "i.jsonl", TOY_INTERACTIONS)
+    data = str(tmp_path / "d")
+    assert (
+        main(["--data-dir", data, "--encoder", str(encoder), "ingest", str(catalog), "--interactions", str(inter)]) == 0
+    )
+    return data
+
+
 def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([RECBOT, *args], capture_output=True, text=True, timeout=120)
 
@@ -65,13 +76,7 @@ def test_ingest_reports_every_bad_row_then_strict_fails_without_traceback(tmp_pa
 
 
 def test_recommend_json_and_data_dir_on_both_sides(tmp_path: Path, tiny_bert, capsys) -> None:
-    catalog = write_jsonl(tmp_path / "c.jsonl", TOY_ITEMS)
-    inter = write_jsonl(tmp_path / "i.jsonl", TOY_INTERACTIONS)
-    data = str(tmp_path / "d")
-    assert (
-        main(["--data-dir", data, "--encoder", str(tiny_bert), "ingest", str(catalog), "--interactions", str(inter)])
-        == 0
-    )
+    data = cli_ingest(tmp_path, tiny_bert)
     capsys.readouterr()
     assert main(["recommend", "--data-dir", data, "--user", "spacefan", "-k", "3", "--json", "--no-blurbs"]) == 0
     out = json.loads(capsys.readouterr().out)
@@ -93,13 +98,7 @@ def test_user_errors_are_one_line(tmp_path: Path, capsys) -> None:
 
 
 def test_train_generator_smoke(tmp_path: Path, capsys, tiny_bert: Path) -> None:
-    catalog = write_jsonl(tmp_path / "c.jsonl", TOY_ITEMS)
-    inter = write_jsonl(tmp_path / "i.jsonl", TOY_INTERACTIONS)
-    data = str(tmp_path / "d")
-    assert (
-        main(["--data-dir", data, "--encoder", str(tiny_bert), "ingest", str(catalog), "--interactions", str(inter)])
-        == 0
-    )
+    data = cli_ingest(tmp_path, tiny_bert)
     assert (
         main(
             [
@@ -141,13 +140,7 @@ def test_fine_tune_from_a_local_gpt2(tmp_path: Path, toy_recommender, tiny_gpt2:
 
 def test_missing_generator_is_one_clear_error(tmp_path: Path, capsys, tiny_bert: Path, monkeypatch) -> None:
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
-    catalog = write_jsonl(tmp_path / "c.jsonl", TOY_ITEMS)
-    inter = write_jsonl(tmp_path / "i.jsonl", TOY_INTERACTIONS)
-    data = str(tmp_path / "d")
-    assert (
-        main(["--data-dir", data, "--encoder", str(tiny_bert), "ingest", str(catalog), "--interactions", str(inter)])
-        == 0
-    )
+    data = cli_ingest(tmp_path, tiny_bert)
     capsys.readouterr()
     assert main(["--data-dir", data, "recommend", "--user", "spacefan"]) == 1
     err = capsys.readouterr().err.strip().splitlines()

@@ -96,3 +96,12 @@ def test_template_always_passes(item: Item) -> None:
     text = template_blurb(item, DUNE if item is not DUNE else WILD, INDEX, allowed={"b1", "b2"})
     assert check_blurb(text, item, INDEX, allowed={"b1", "b2"}, min_words=1).ok, text
     assert fact_continuation(item).startswith(" ")
+
+
+def test_trim_ungrounded_cuts_at_the_first_drifting_sentence() -> None:
+    from recbot.generation.writer import trim_ungrounded
+
+    source = "Disco Elysium. A shambling detective with amnesia solves a murder in a broken city."
+    text = "is worth a look. A detective solves a murder. The gentlest film imaginable. A broken city."
+    assert trim_ungrounded(text, source) == "is worth a look. A detective solves a murder."
+    assert trim_ungrounded("Totally unrelated words here.", source) == ""

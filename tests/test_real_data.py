@@ -28,3 +28,11 @@ def test_amazon_counts_match_the_data_readme(shared_data: Path) -> None:
     assert len({i.user_id for i in result.interactions}) == 1429
     assert len(result.items) == 900
     assert all(item.description for item in result.items)
+
+
+def test_amazon_holdout_keeps_held_out_reviews_out_of_item_text(shared_data: Path) -> None:
+    path = shared_data / "amazon-musical-instruments-5core" / "reviews_Musical_Instruments_5.json.gz"
+    full = {i.id: i for i in read_catalog(path).items}
+    train = read_catalog(path, holdout_last=True)
+    assert len(train.interactions) == 10_261 and len(train.items) == 900  # every review is still stored
+    assert sum(full[i.id].description != i.description for i in train.items) > 100

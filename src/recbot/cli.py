@@ -52,6 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="auto", choices=["auto", "jsonl", "csv", "movielens", "amazon"])
     p.add_argument("--interactions", type=Path, help="interactions file (JSONL or CSV)")
     p.add_argument("--strict", action="store_true", help="exit 1 and write nothing if any row is rejected")
+    p.add_argument(
+        "--holdout-last",
+        action="store_true",
+        help="Amazon: build item text without each user's last review (held out for evaluation)",
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
     p = command("recommend", "recommend items to a user")
@@ -111,7 +116,9 @@ def _open(settings: Settings) -> Recommender:
 def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     if args.path is None and args.interactions is None:
         raise CatalogError("nothing to ingest: give a catalog PATH and/or --interactions FILE")
-    report = _open(settings).ingest(args.path, fmt=args.format, interactions=args.interactions, strict=args.strict)
+    report = _open(settings).ingest(
+        args.path, fmt=args.format, interactions=args.interactions, strict=args.strict, holdout_last=args.holdout_last
+    )
     if args.json:
         print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
     else:

@@ -71,6 +71,7 @@ def ingest(
     fmt: Format = "auto",
     interactions: str | Path | None = None,
     strict: bool = False,
+    holdout_last: bool = False,
 ) -> IngestReport:
     """Read a catalog (and/or an interactions file) and bring the index up to date.
 
@@ -82,7 +83,7 @@ def ingest(
             rejected (then nothing is written; ``exc.rejected`` lists the rows).
     """
     start = time.perf_counter()
-    result = read_catalog(path, fmt) if path is not None else ReadResult()
+    result = read_catalog(path, fmt, holdout_last=holdout_last) if path is not None else ReadResult()
     if interactions is not None:
         result.merge(read_interactions(interactions))
     report = ingest_result(

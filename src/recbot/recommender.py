@@ -219,6 +219,7 @@ class Recommender:
         fmt: Format = "auto",
         interactions: str | Path | None = None,
         strict: bool = False,
+        holdout_last: bool = False,
     ) -> IngestReport:
         """Ingest a catalog and/or interactions into this recommender's data dir.
 
@@ -232,6 +233,7 @@ class Recommender:
             fmt=fmt,
             interactions=interactions,
             strict=strict,
+            holdout_last=holdout_last,
         )
         self._reload_if_changed()
         return report

@@ -145,8 +145,12 @@ def _dedupe_items(parsed: list[tuple[int, Item]], file: str, result: ReadResult)
     result.items = list(latest.values())
 
 
-def read_catalog(path: str | Path, fmt: Format = "auto") -> ReadResult:
-    """Read a catalog (and, for MovieLens/Amazon, its interactions) from ``path``."""
+def read_catalog(path: str | Path, fmt: Format = "auto", *, holdout_last: bool = False) -> ReadResult:
+    """Read a catalog (and, for MovieLens/Amazon, its interactions) from ``path``.
+
+    ``holdout_last`` (Amazon): item text comes from training-split reviews only, every
+    user's last review (by time, then asin) being held out for evaluation.
+    """
     path = Path(path)
     if not path.exists():
         raise CatalogError("does not exist", file=str(path))
@@ -154,7 +158,7 @@ def read_catalog(path: str | Path, fmt: Format = "auto") -> ReadResult:
     if fmt == "movielens":
         return read_movielens(path)
     if fmt == "amazon":
-        return read_amazon(path)
+        return read_amazon(path, holdout_last=holdout_last)
     result = ReadResult()
     _dedupe_items(read_records(path, parse_item, result), path.name, result)
     return result
@@ -244,12 +248,12 @@ def amazon_item(asin: str, summaries: list[str], reviews: list[str], *, max_char
     return Item(id=asin, title=f"Amazon item {asin}", description=" ".join(parts), category="Musical Instruments")
 
 
-def read_amazon(path: Path) -> ReadResult:
+def read_amazon(path: Path, *, holdout_last: bool = False) -> ReadResult:
     """Amazon review JSON lines (optionally gzipped): reviewerID, asin, overall, reviewText,
-    summary, unixReviewTime. Items get their text from all of their reviews."""
+    summary, unixReviewTime. Items get their text from their reviews: all of them, or with
+    ``holdout_last`` only those that are not a user's last (the held-out split)."""
     result = ReadResult()
-    summaries: dict[str, list[str]] = defaultdict(list)
-    texts: dict[str, list[str]] = defaultdict(list)
+    rows: list[tuple[Interaction, str, str]] = []
     for line_no, row in _iter_jsonl(path, result.rejected):
         summary = str(row.get("summary") or "").strip()
         body = str(row.get("reviewText") or "").strip()
@@ -268,7 +272,21 @@ def read_amazon(path: Path) -> ReadResult:
             result.rejected.append(RowError(path.name, line_no, names.get(exc.field or "", exc.field), exc.reason))
             continue
         result.add_interaction(interaction, path.name, line_no)
-        summaries[interaction.item_id].append(summary)
-        texts[interaction.item_id].append(body)
+        rows.append((interaction, summary, body))
+    held: set[tuple[str, str]] = set()
+    if holdout_last:
+        last: dict[str, Interaction] = {}
+        for it, _, _ in rows:
+            key = (it.timestamp or 0, it.item_id)
+            if it.user_id not in last or key > (last[it.user_id].timestamp or 0, last[it.user_id].item_id):
+                last[it.user_id] = it
+        held = {(it.user_id, it.item_id) for it in last.values()}
+    summaries: dict[str, list[str]] = defaultdict(list)
+    texts: dict[str, list[str]] = defaultdict(list)
+    for it, summary, body in rows:
+        summaries.setdefault(it.item_id, [])
+        if (it.user_id, it.item_id) not in held:
+            summaries[it.item_id].append(summary)
+            texts[it.item_id].append(body)
     result.items = [amazon_item(a, summaries[a], texts[a]) for a in summaries]
     return result

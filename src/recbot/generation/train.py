@@ -381,7 +381,8 @@ def train_generator(
     model.train()
     stopped_by = "epochs" if config.max_steps is None or total < config.max_steps else "max_steps"
     show = logger.getEffectiveLevel() <= logging.INFO
-    bar = tqdm(total=total, initial=step, desc="Training generator", unit="step", disable=not show)
+    desc = "Training generator" + (f" (at most {config.time_budget_s:.0f}s)" if config.time_budget_s else "")
+    bar = tqdm(total=total, initial=step, desc=desc, unit="step", disable=not show)
     train_start = time.perf_counter()
     done = step >= total
     while not done:

@@ -58,6 +58,24 @@ def _content_words(text: str) -> set[str]:
     return {w for w in _WORD.findall(text.lower()) if w not in _STOP}
 
 
+def trim_ungrounded(continuation: str, source: str, *, min_share: float = 0.5) -> str:
+    """Keep the continuation's sentences up to the first one that drifts off its sources.
+
+    A sentence drifts when under ``min_share`` of its content words come from ``source``
+    (the item's facts and the user's words): a small model that wanders into another
+    item's description is cut there. Sentences without content words ("is worth a
+    look.") are kept.
+    """
+    allowed = _content_words(source)
+    kept: list[str] = []
+    for sentence in re.split(r"(?<=[.!?])\s+", continuation.strip()):
+        words = _content_words(sentence)
+        if words and len(words & allowed) / len(words) < min_share:
+            break
+        kept.append(sentence)
+    return " ".join(kept)
+
+
 def score_candidate(continuation: str, item: Item, history_text: str) -> float:
     """Prefer continuations that reuse the item's facts and the user's own words."""
     words = _content_words(continuation)
@@ -274,8 +292,10 @@ class GPT2Writer:
             still = []
             for i, candidates in zip(todo, outs, strict=True):
                 best, best_score = None, -1.0
+                source = copy_source(recs[i].item, history)
                 for raw in candidates:
                     cont = finish(raw, max_chars=max(40, self.settings.max_blurb_chars - len(prompts[i].opening)))
+                    cont = trim_ungrounded(cont, source)
                     text = _join(prompts[i].opening, cont)
                     verdict = check_blurb(
                         text, recs[i].item, index, allowed=allowed, max_chars=self.settings.max_blurb_chars
