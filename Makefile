@@ -9,7 +9,7 @@ demo: $(STAMP)
 	$(VENV)/bin/recbot demo
 
 test: $(STAMP)
-	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m ruff check src tests benchmarks examples
 	$(PY) -m mypy
 	$(PY) -m pytest
 

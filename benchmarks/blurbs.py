@@ -79,7 +79,7 @@ def main() -> None:
                 because = (Reason(liked[j][0].id, liked[j][0].title, sims[j]),)
             swapped = writer.write(hist_b, [replace(r, because=because, blurb=None)], catalog)[0]
             changed += swapped.blurb != r.blurb
-            own, other = embed.encode([r.blurb or "", swapped.blurb or ""], show_progress=False)
+            own, _ = embed.encode([r.blurb or "", swapped.blurb or ""], show_progress=False)
             # the original blurb should sit closer to its own user's history than to b's
             margins.append(float(own @ ha) - float(own @ hb))
     print(

@@ -16,6 +16,7 @@ import json
 import statistics
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,7 +28,13 @@ NEW = 40
 
 
 def gen_kwargs(tok: Any) -> dict[str, Any]:
-    return {"max_new_tokens": NEW, "min_new_tokens": NEW, "do_sample": False, "pad_token_id": tok.pad_token_id, "eos_token_id": tok.eos_token_id}
+    return {
+        "max_new_tokens": NEW,
+        "min_new_tokens": NEW,
+        "do_sample": False,
+        "pad_token_id": tok.pad_token_id,
+        "eos_token_id": tok.eos_token_id,
+    }
 
 
 def timed(fn: Any, repeats: int) -> float:
@@ -67,7 +74,14 @@ def speed(model: Any, tok: Any, prompts: list[str], repeats: int) -> dict[str, f
         for p in prompts:
             pipe(p, return_full_text=False, **kw)
 
-    out = {name: timed(fn, repeats) for name, fn in [("batched_s", batched), ("sequential_s", sequential), ("pipeline_per_item_s", per_item_pipeline)]}
+    out = {
+        name: timed(fn, repeats)
+        for name, fn in [
+            ("batched_s", batched),
+            ("sequential_s", sequential),
+            ("pipeline_per_item_s", per_item_pipeline),
+        ]
+    }
     tokens = NEW * len(prompts)
     out["batched_tokens_per_s"] = tokens / out["batched_s"]
     out["sequential_tokens_per_s"] = tokens / out["sequential_s"]
@@ -78,7 +92,9 @@ def speed(model: Any, tok: Any, prompts: list[str], repeats: int) -> dict[str, f
     def first_token() -> float:
         streamer = TextIteratorStreamer(tok, skip_prompt=True)
         t0 = time.perf_counter()
-        th = threading.Thread(target=lambda: model.generate(**tok([prompts[0]], return_tensors="pt"), streamer=streamer, **kw))
+        th = threading.Thread(
+            target=lambda: model.generate(**tok([prompts[0]], return_tensors="pt"), streamer=streamer, **kw)
+        )
         th.start()
         next(iter(streamer))
         dt = time.perf_counter() - t0
@@ -98,11 +114,13 @@ def held_out_ppl(model: Any, data_dir: str, trained: str) -> float:
     rec = Recommender.open(data_dir)
     catalog = rec.storage.items()
     inter = [h for u in rec.storage.users() for h in rec.storage.history(u)]
-    card = json.load(open(f"{trained}/card.json"))
+    card = json.loads(Path(trained, "card.json").read_text())
     config = TrainConfig(**card["config"])
     held = [e for e in build_examples(catalog, inter, rec.store.get_vectors(list(catalog)), config) if e.held_out]
     tok = AutoTokenizer.from_pretrained(trained)
-    return _held_out_perplexity(model, _encode(held, tok, min(config.block_size, model.config.n_positions)), tok.pad_token_id, "cpu")
+    return _held_out_perplexity(
+        model, _encode(held, tok, min(config.block_size, model.config.n_positions)), tok.pad_token_id, "cpu"
+    )
 
 
 def main() -> None:
@@ -114,16 +132,31 @@ def main() -> None:
     torch.manual_seed(0)
     prompts = demo_prompts(args.prompts_from)
     tok = AutoTokenizer.from_pretrained(args.trained)
-    config = GPT2Config(n_layer=6, n_embd=768, n_head=12, vocab_size=50257, n_positions=1024, eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    config = GPT2Config(
+        n_layer=6,
+        n_embd=768,
+        n_head=12,
+        vocab_size=50257,
+        n_positions=1024,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     big = GPT2LMHeadModel(config).eval()
-    results: dict[str, Any] = {"model": "GPT-2 6x768 (distilgpt2 size), random weights", "blurbs": len(prompts), "new_tokens": NEW}
+    results: dict[str, Any] = {
+        "model": "GPT-2 6x768 (distilgpt2 size), random weights",
+        "blurbs": len(prompts),
+        "new_tokens": NEW,
+    }
     results["fp32"] = speed(big, tok, prompts, args.repeats)
     results["bf16"] = speed(big.to(torch.bfloat16), tok, prompts, args.repeats)
     big = big.float()
     q = torch.ao.quantization.quantize_dynamic(big, {torch.nn.Linear}, dtype=torch.qint8)
     results["int8_dynamic"] = speed(q, tok, prompts, args.repeats)
     # GPT-2 uses Conv1D, not nn.Linear, for attention and MLP: count what int8 actually touched
-    results["int8_quantized_modules"] = sum(1 for m in q.modules() if type(m).__name__ == "Linear" and "quantized" in type(m).__module__)
+    results["int8_quantized_modules"] = sum(
+        1 for m in q.modules() if type(m).__name__ == "Linear" and "quantized" in type(m).__module__
+    )
     trained = GPT2LMHeadModel.from_pretrained(args.trained).eval()
     tq = torch.ao.quantization.quantize_dynamic(trained, {torch.nn.Linear}, dtype=torch.qint8)
     results["trained_held_out_ppl_fp32"] = round(held_out_ppl(trained, args.prompts_from, args.trained), 3)

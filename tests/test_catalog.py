@@ -148,8 +148,22 @@ def test_amazon_holdout_last_builds_item_text_from_the_training_split(tmp_path: 
     path = tmp_path / "r.json"
     rows = [
         {"reviewerID": "r1", "asin": "A", "overall": 5, "summary": "Old words", "reviewText": "x", "unixReviewTime": 1},
-        {"reviewerID": "r1", "asin": "B", "overall": 5, "summary": "Secret words", "reviewText": "y", "unixReviewTime": 2},
-        {"reviewerID": "r2", "asin": "B", "overall": 4, "summary": "Fine words", "reviewText": "z", "unixReviewTime": 1},
+        {
+            "reviewerID": "r1",
+            "asin": "B",
+            "overall": 5,
+            "summary": "Secret words",
+            "reviewText": "y",
+            "unixReviewTime": 2,
+        },
+        {
+            "reviewerID": "r2",
+            "asin": "B",
+            "overall": 4,
+            "summary": "Fine words",
+            "reviewText": "z",
+            "unixReviewTime": 1,
+        },
         {"reviewerID": "r2", "asin": "A", "overall": 4, "summary": "Tie A", "reviewText": "w", "unixReviewTime": 3},
     ]
     path.write_text("\n".join(json.dumps(r) for r in rows))

@@ -81,3 +81,11 @@ def test_a_second_process_sees_a_new_ingest(make_recommender, toy_recommender, t
     other = make_recommender(data_dir=toy_recommender.settings.data_dir)
     other.ingest(write_jsonl(tmp_path / "more.jsonl", [*TOY_ITEMS, {"id": "z1", "title": "robots stars space robots"}]))
     assert toy_recommender.recommend("spacefan", k=1)[0].item.id == "z1"
+
+
+def test_unknown_category_is_a_clear_error_and_case_is_forgiven(toy_recommender) -> None:
+    from recbot.errors import FilterError
+
+    assert {r.item.category for r in toy_recommender.recommend("spacefan", k=3, category="KITCHEN")} == {"kitchen"}
+    with pytest.raises(FilterError, match="unknown category 'toys'; the catalog has"):
+        toy_recommender.recommend("spacefan", category="toys")

@@ -9,6 +9,7 @@ from recbot.config import Settings
 from recbot.errors import (
     CatalogError,
     ConfigError,
+    FilterError,
     IndexNotBuiltError,
     ModelNotFoundError,
     RecbotError,
@@ -22,6 +23,7 @@ __version__ = "0.1.0"
 __all__ = [
     "CatalogError",
     "ConfigError",
+    "FilterError",
     "IndexNotBuiltError",
     "Interaction",
     "Item",

@@ -8,6 +8,7 @@ exits 1, and the LangChain tool turns them into a ``ToolException``.
     ├── ConfigError           a setting that cannot work
     ├── ModelNotFoundError    no encoder/generator could be loaded offline
     ├── IndexNotBuiltError    recommend before any ingest
+    ├── FilterError           a filter names a category the catalog does not have
     └── UnknownItemError      an item id that the catalog does not hold
 """
 
@@ -18,6 +19,7 @@ from collections.abc import Sequence
 __all__ = [
     "CatalogError",
     "ConfigError",
+    "FilterError",
     "IndexNotBuiltError",
     "ModelNotFoundError",
     "RecbotError",
@@ -72,6 +74,10 @@ class ModelNotFoundError(RecbotError):
 
 class IndexNotBuiltError(RecbotError):
     """The data dir holds no ingested catalog yet."""
+
+
+class FilterError(RecbotError):
+    """A filter that can match nothing: an unknown category, say."""
 
 
 class UnknownItemError(RecbotError):

@@ -12,7 +12,7 @@ import numpy as np
 
 from recbot.catalog import Format
 from recbot.config import Settings
-from recbot.errors import ConfigError, IndexNotBuiltError, UnknownItemError
+from recbot.errors import ConfigError, FilterError, IndexNotBuiltError, UnknownItemError
 from recbot.ingest import IngestReport, ingest
 from recbot.retrieval.embedder import BUNDLED_ENCODER_ID, Embedder, LazyEmbedder
 from recbot.retrieval.profile import blend_query, build_profile, rating_weight, recency_weights, with_reviews
@@ -171,6 +171,8 @@ class Recommender:
         catalog = self.storage.items()
         if not catalog:
             raise IndexNotBuiltError(f"no catalog in {self.settings.data_dir}; run: recbot ingest CATALOG")
+        if category:
+            category = self._canonical_category(category, catalog)
         all_filters = {**(filters or {}), **({"category": category} if category else {})}
         history = [h for h in self.storage.history(user_id) if h.item_id in catalog]
         feedback = self.storage.feedback(user_id)
@@ -284,7 +286,20 @@ class Recommender:
     def users(self) -> list[str]:
         return self.storage.users()
 
+    def categories(self) -> list[str]:
+        """The catalog's categories, sorted."""
+        return sorted({item.category for item in self.storage.items().values() if item.category})
+
     # -- internals --
+    def _canonical_category(self, category: str, catalog: Mapping[str, Item]) -> str:
+        known = {item.category for item in catalog.values() if item.category}
+        if category in known:
+            return category
+        folded = {c.casefold(): c for c in known}
+        if category.casefold() in folded:
+            return folded[category.casefold()]
+        raise FilterError(f"unknown category {category!r}; the catalog has {sorted(known)!r}")
+
     def _reload_if_changed(self) -> None:
         version = self.storage.get_meta("version")
         if version != self._version:

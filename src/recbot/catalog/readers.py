@@ -15,7 +15,7 @@ from typing import Any, Literal, TypeVar
 
 from recbot.catalog.records import ReadResult, RowError, parse_interaction, parse_item
 from recbot.errors import CatalogError
-from recbot.types import Item
+from recbot.types import Interaction, Item
 
 __all__ = [
     "Format",

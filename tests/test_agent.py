@@ -1,0 +1,218 @@
+"""The LangChain tool and retriever: standard tests, a real agent loop, isolation, async."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from langchain.agents import create_agent
+from langchain_core.language_models.chat_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.tools import BaseTool, create_retriever_tool
+from langchain_tests.integration_tests import ToolsIntegrationTests
+from langchain_tests.unit_tests import ToolsUnitTests
+
+from recbot import Recommender, Settings
+from recbot.agent import RecbotRetriever, make_recommend_tool
+from recbot.recommender import open_storage, open_store
+from tests.conftest import TOY_INTERACTIONS, TOY_ITEMS, KeywordEmbedder, write_jsonl
+
+
+@functools.cache
+def shared_toy_recommender() -> Recommender:
+    """One toy recommender for the standard test classes (they build tools from params)."""
+    tmp = Path(tempfile.mkdtemp(prefix="recbot-agent-"))
+    settings = Settings.create(data_dir=tmp / "data")
+    rec = Recommender(settings, storage=open_storage(settings), store=open_store(settings), embedder=KeywordEmbedder())
+    rec.ingest(write_jsonl(tmp / "c.jsonl", TOY_ITEMS), interactions=write_jsonl(tmp / "i.jsonl", TOY_INTERACTIONS))
+    return rec
+
+
+class TestRecommendToolUnit(ToolsUnitTests):
+    @property
+    def tool_constructor(self) -> type[BaseTool] | BaseTool:
+        return make_recommend_tool  # type: ignore[return-value]
+
+    @property
+    def tool_constructor_params(self) -> dict:
+        return {"recommender": shared_toy_recommender(), "user_id": "spacefan", "blurbs": False}
+
+    @property
+    def tool_invoke_params_example(self) -> dict:
+        return {"query": "robots in space", "k": 3}
+
+
+class TestRecommendToolIntegration(ToolsIntegrationTests):
+    tool_constructor = TestRecommendToolUnit.tool_constructor
+    tool_constructor_params = TestRecommendToolUnit.tool_constructor_params
+    tool_invoke_params_example = TestRecommendToolUnit.tool_invoke_params_example
+
+
+class ToolCallingFakeModel(BaseChatModel):
+    """A scripted tool-calling chat model: it asks the tool once with ``args``, then answers
+    by quoting the first line the tool returned (or its error)."""
+
+    args: dict[str, Any]
+    tool_name: str = "recommend_items"
+
+    @property
+    def _llm_type(self) -> str:
+        return "tool-calling-fake"
+
+    def bind_tools(self, tools: Any, **kwargs: Any) -> ToolCallingFakeModel:
+        return self
+
+    def _generate(
+        self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kw: Any
+    ) -> ChatResult:
+        last = messages[-1]
+        if isinstance(last, ToolMessage):
+            first = str(last.content).splitlines()[0]
+            text = (
+                f"The tool failed ({first}); let me ask differently."
+                if last.status == "error"
+                else f"Try this: {first}"
+            )
+            message = AIMessage(content=text)
+        else:
+            message = AIMessage(content="", tool_calls=[{"name": self.tool_name, "args": self.args, "id": "call-1"}])
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
+
+def test_a_real_agent_loop_quotes_a_recommended_title(toy_recommender) -> None:
+    tool = make_recommend_tool(toy_recommender, user_id="spacefan", blurbs=False)
+    model = ToolCallingFakeModel(args={"query": "robots in space", "k": 2})
+    agent = create_agent(model, tools=[tool])
+    result = agent.invoke({"messages": [{"role": "user", "content": "What should I read next?"}]})
+    tool_messages = [m for m in result["messages"] if isinstance(m, ToolMessage)]
+    assert len(tool_messages) == 1 and tool_messages[0].status == "success"
+    artifact = tool_messages[0].artifact
+    assert [r["rank"] for r in artifact] == [1, 2]
+    final = result["messages"][-1]
+    assert isinstance(final, AIMessage) and artifact[0]["title"] in final.content
+    assert {r["item_id"] for r in artifact}.isdisjoint({"s1", "s2"})  # not already liked
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ({"query": "x", "k": 99}, "Invalid arguments: k: Input should be less than or equal to 20"),
+        ({"query": "x", "category": "toys"}, "FilterError: unknown category 'toys'"),
+    ],
+)
+def test_tool_errors_reach_the_model_and_the_loop_goes_on(toy_recommender, args, expected) -> None:
+    tool = make_recommend_tool(toy_recommender, user_id="spacefan", blurbs=False)
+    agent = create_agent(ToolCallingFakeModel(args=args), tools=[tool])
+    result = agent.invoke({"messages": [{"role": "user", "content": "Recommend something"}]})
+    error = next(m for m in result["messages"] if isinstance(m, ToolMessage))
+    assert error.status == "error" and expected in error.content
+    assert result["messages"][-1].content.startswith("The tool failed")
+
+
+def test_the_model_never_chooses_the_user(toy_recommender) -> None:
+    bound = make_recommend_tool(toy_recommender, user_id="spacefan", blurbs=False)
+    assert "user_id" not in bound.tool_call_schema.model_json_schema()["properties"]
+    refused = bound.invoke(
+        {"name": bound.name, "args": {"query": "x", "user_id": "baker"}, "id": "1", "type": "tool_call"}
+    )
+    assert refused.status == "error" and "bound to another user" in refused.content
+    unbound = make_recommend_tool(toy_recommender, blurbs=False)
+    missing = unbound.invoke({"name": unbound.name, "args": {"query": "x"}, "id": "2", "type": "tool_call"})
+    assert missing.status == "error" and "no user is bound" in missing.content
+    # the host injects the user per call, or through the run config
+    per_call = unbound.invoke(
+        {"name": unbound.name, "args": {"k": 2, "user_id": "baker"}, "id": "3", "type": "tool_call"}
+    )
+    via_config = unbound.invoke(
+        {"name": unbound.name, "args": {"k": 2}, "id": "4", "type": "tool_call"},
+        config={"configurable": {"user_id": "baker"}},
+    )
+    assert per_call.artifact == via_config.artifact and per_call.status == "success"
+
+
+def test_two_users_never_see_each_others_reasons(toy_recommender) -> None:
+    history = {
+        u: {i["item_id"] for i in TOY_INTERACTIONS if i["user_id"] == u and i["rating"] >= 4}
+        for u in ("spacefan", "baker")
+    }
+    tools = {u: make_recommend_tool(toy_recommender, user_id=u, blurbs=False) for u in history}
+    for _ in range(3):
+        for user, tool in tools.items():
+            for query in ("", "space", "bread"):
+                _, artifact = tool.func(query=query, k=4)  # type: ignore[misc]
+                reasons = {b["item_id"] for r in artifact for b in r["because"]}
+                assert reasons <= history[user]
+
+
+async def test_ainvoke_runs_concurrently_off_the_event_loop(toy_recommender) -> None:
+    tool = make_recommend_tool(toy_recommender, user_id="spacefan", blurbs=False)
+    queries = ["space", "bread", "tent", "robots", "film", "cake", "", "mountain"]
+    expected = [
+        tool.invoke({"name": tool.name, "args": {"query": q, "k": 3}, "id": str(i), "type": "tool_call"}).artifact
+        for i, q in enumerate(queries)
+    ]
+    original = toy_recommender.recommend
+
+    def slow(*a: Any, **kw: Any) -> Any:
+        time.sleep(0.2)  # stands in for a model call that holds the thread
+        return original(*a, **kw)
+
+    toy_recommender.recommend = slow  # type: ignore[method-assign]
+    ticks = 0
+
+    async def heartbeat() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    beat = asyncio.create_task(heartbeat())
+    started = time.perf_counter()
+    results = await asyncio.gather(
+        *(
+            tool.ainvoke({"name": tool.name, "args": {"query": q, "k": 3}, "id": str(i), "type": "tool_call"})
+            for i, q in enumerate(queries)
+        )
+    )
+    elapsed = time.perf_counter() - started
+    beat.cancel()
+    assert [r.artifact for r in results] == expected
+    assert elapsed < 8 * 0.2  # overlapped, not one after another
+    assert ticks >= 10  # the loop kept running while the tools worked
+
+
+def test_retriever_returns_documents_and_plugs_into_create_retriever_tool(toy_recommender) -> None:
+    retriever = RecbotRetriever(recommender=toy_recommender, user_id="spacefan", k=2)
+    docs = retriever.invoke("robots")
+    assert [d.metadata["rank"] for d in docs] == [1, 2]
+    assert docs[0].page_content.startswith(docs[0].metadata["title"])
+    assert {"score", "because", "category", "tags", "strategy"} <= set(docs[0].metadata)
+    assert all(b["item_id"] in {"s1", "s2"} for d in docs for b in d.metadata["because"])
+    rag_tool = create_retriever_tool(retriever, "catalog_search", "Search the catalog for this user.")
+    assert docs[0].page_content in rag_tool.invoke({"query": "robots"})
+
+
+async def test_retriever_async(toy_recommender) -> None:
+    retriever = RecbotRetriever(recommender=toy_recommender, user_id="baker", k=2)
+    assert [d.id for d in await retriever.ainvoke("cake")] == [d.id for d in retriever.invoke("cake")]
+
+
+def test_the_example_agent_runs_offline(tmp_path: Path, tiny_bert: Path, capsys, monkeypatch) -> None:
+    import runpy
+    import sys
+
+    from tests.test_cli import cli_ingest
+
+    data = cli_ingest(tmp_path, tiny_bert)
+    example = Path(__file__).resolve().parents[1] / "examples" / "langchain_agent.py"
+    monkeypatch.setattr(sys, "argv", [str(example), "--data-dir", data, "--user", "baker", "--no-blurbs", "bread"])
+    runpy.run_path(str(example), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "--- ToolMessage" in out and "Here is what I found for you:" in out
+    assert "1. " in out.split("--- ToolMessage")[1]
