@@ -13,43 +13,13 @@ With a real chat model (any provider LangChain's init_chat_model knows, e.g.
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from langchain.agents import create_agent
 from langchain_core.language_models.chat_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
-from langchain_core.outputs import ChatGeneration, ChatResult
 
 from recbot import Recommender
 from recbot.agent import make_recommend_tool
-
-
-class ScriptedToolCaller(BaseChatModel):
-    """Calls the recommend tool with the user's words, then presents what came back."""
-
-    k: int = 3
-
-    @property
-    def _llm_type(self) -> str:
-        return "scripted-tool-caller"
-
-    def bind_tools(self, tools: Any, **kwargs: Any) -> ScriptedToolCaller:
-        return self
-
-    def _generate(
-        self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kw: Any
-    ) -> ChatResult:
-        last = messages[-1]
-        if isinstance(last, ToolMessage):
-            if last.status == "error":
-                text = f"Sorry, I could not get recommendations: {last.content}"
-            else:
-                text = "Here is what I found for you:\n" + str(last.content)
-            message = AIMessage(content=text)
-        else:
-            call = {"name": "recommend_items", "args": {"query": str(last.content), "k": self.k}, "id": "call-1"}
-            message = AIMessage(content="", tool_calls=[call])
-        return ChatResult(generations=[ChatGeneration(message=message)])
+from recbot.agent.testing import ScriptedToolCaller
 
 
 def main() -> None:

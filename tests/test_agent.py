@@ -11,15 +11,14 @@ from typing import Any
 
 import pytest
 from langchain.agents import create_agent
-from langchain_core.language_models.chat_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
-from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.messages import AIMessage, ToolMessage
 from langchain_core.tools import BaseTool, create_retriever_tool
 from langchain_tests.integration_tests import ToolsIntegrationTests
 from langchain_tests.unit_tests import ToolsUnitTests
 
 from recbot import Recommender, Settings
 from recbot.agent import RecbotRetriever, make_recommend_tool
+from recbot.agent.testing import ScriptedToolCaller
 from recbot.recommender import open_storage, open_store
 from tests.conftest import TOY_INTERACTIONS, TOY_ITEMS, KeywordEmbedder, write_jsonl
 
@@ -54,40 +53,9 @@ class TestRecommendToolIntegration(ToolsIntegrationTests):
     tool_invoke_params_example = TestRecommendToolUnit.tool_invoke_params_example
 
 
-class ToolCallingFakeModel(BaseChatModel):
-    """A scripted tool-calling chat model: it asks the tool once with ``args``, then answers
-    by quoting the first line the tool returned (or its error)."""
-
-    args: dict[str, Any]
-    tool_name: str = "recommend_items"
-
-    @property
-    def _llm_type(self) -> str:
-        return "tool-calling-fake"
-
-    def bind_tools(self, tools: Any, **kwargs: Any) -> ToolCallingFakeModel:
-        return self
-
-    def _generate(
-        self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kw: Any
-    ) -> ChatResult:
-        last = messages[-1]
-        if isinstance(last, ToolMessage):
-            first = str(last.content).splitlines()[0]
-            text = (
-                f"The tool failed ({first}); let me ask differently."
-                if last.status == "error"
-                else f"Try this: {first}"
-            )
-            message = AIMessage(content=text)
-        else:
-            message = AIMessage(content="", tool_calls=[{"name": self.tool_name, "args": self.args, "id": "call-1"}])
-        return ChatResult(generations=[ChatGeneration(message=message)])
-
-
 def test_a_real_agent_loop_quotes_a_recommended_title(toy_recommender) -> None:
     tool = make_recommend_tool(toy_recommender, user_id="spacefan", blurbs=False)
-    model = ToolCallingFakeModel(args={"query": "robots in space", "k": 2})
+    model = ScriptedToolCaller(args={"query": "robots in space", "k": 2})
     agent = create_agent(model, tools=[tool])
     result = agent.invoke({"messages": [{"role": "user", "content": "What should I read next?"}]})
     tool_messages = [m for m in result["messages"] if isinstance(m, ToolMessage)]
@@ -108,11 +76,11 @@ def test_a_real_agent_loop_quotes_a_recommended_title(toy_recommender) -> None:
 )
 def test_tool_errors_reach_the_model_and_the_loop_goes_on(toy_recommender, args, expected) -> None:
     tool = make_recommend_tool(toy_recommender, user_id="spacefan", blurbs=False)
-    agent = create_agent(ToolCallingFakeModel(args=args), tools=[tool])
+    agent = create_agent(ScriptedToolCaller(args=args), tools=[tool])
     result = agent.invoke({"messages": [{"role": "user", "content": "Recommend something"}]})
     error = next(m for m in result["messages"] if isinstance(m, ToolMessage))
     assert error.status == "error" and expected in error.content
-    assert result["messages"][-1].content.startswith("The tool failed")
+    assert result["messages"][-1].content.startswith("Sorry, the tool failed")
 
 
 def test_the_model_never_chooses_the_user(toy_recommender) -> None:
