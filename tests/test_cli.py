@@ -157,7 +157,7 @@ def test_demo_users_get_different_lists_with_reasons(tmp_path: Path, capsys, tin
     put in place first, so the demo reuses it instead of training one."""
     data = str(tmp_path / "demo")
     shutil.copytree(tiny_gpt2, tmp_path / "demo" / "generator")
-    assert main(["--data-dir", data, "demo"]) == 0
+    assert main(["--data-dir", data, "demo", "--no-chat"]) == 0
     out = capsys.readouterr().out
     assert "156 added" in out and "training" not in out
     assert out.count("Because you liked") >= 10  # blurbs for both demo users

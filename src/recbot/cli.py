@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from recbot.config import Settings
-from recbot.errors import CatalogError, RecbotError
+from recbot.errors import CatalogError, ConfigError, RecbotError
 
 if TYPE_CHECKING:
     from recbot.recommender import Recommendations, Recommender
@@ -35,6 +35,13 @@ def _common(parent: argparse.ArgumentParser, *, top: bool) -> None:
     parent.add_argument("--chroma-port", type=int, default=default, help="Chroma server port (default 8000)")
     parent.add_argument("--encoder", default=default, help="BERT model id or path (default: bundled all-MiniLM-L6-v2)")
     parent.add_argument("-q", "--quiet", action="store_true", default=default, help="only errors")
+
+
+def _chat_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--auth", help="USER:PASS required to use the page (recommended beyond 127.0.0.1)")
+    p.add_argument("--no-blurbs", action="store_true", help="serve without blurbs (loads no generator)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,8 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=256, help="from scratch: embedding width")
     p.add_argument("--out", type=Path, default=None, help="where to save (default: DATA_DIR/generator)")
 
-    p = command("demo", "ingest the bundled demo catalog and show recommendations for demo users")
-    p.add_argument("--user", action="append", help="demo user(s) to show (default: u1 and u2)")
+    p = command("chat", "serve the chat page")
+    _chat_args(p)
+
+    p = command("demo", "ingest the bundled demo catalog, make sure a generator exists, open the chat")
+    p.add_argument("--user", action="append", help="demo user(s) to show first (default: u1 and u2)")
+    p.add_argument("--no-chat", action="store_true", help="print recommendations and exit, without the chat page")
+    _chat_args(p)
     return parser
 
 
@@ -172,6 +184,33 @@ def cmd_train_generator(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _auth(args: argparse.Namespace) -> tuple[str, str] | None:
+    if not args.auth:
+        return None
+    user, sep, password = args.auth.partition(":")
+    if not sep or not user or not password:
+        raise ConfigError("--auth takes USER:PASS")
+    return user, password
+
+
+def cmd_chat(args: argparse.Namespace, settings: Settings) -> int:
+    auth = _auth(args)
+    return _serve(_open(settings), args, auth)
+
+
+def _serve(rec: Recommender, args: argparse.Namespace, auth: tuple[str, str] | None) -> int:
+    from recbot.ui.app import launch
+
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(
+            f"Serving on {args.host}: reachable from other machines." + ("" if auth else " Consider --auth USER:PASS.")
+        )
+    if rec.users():  # load the index now, not on the first visitor's turn
+        rec.recommend(rec.users()[0], k=1, blurbs=False)
+    launch(rec, host=args.host, port=args.port, auth=auth, blurbs=not args.no_blurbs)
+    return 0
+
+
 def demo_files() -> tuple[Path, Path]:
     """The bundled demo catalog and interactions."""
     root = Path(str(resources.files("recbot") / "demo"))
@@ -191,8 +230,11 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     for user in args.user or ["u1", "u2"]:
         print()
         _print_recs(rec.recommend(user, k=5))
-    print(f"\nTry: recbot --data-dir {settings.data_dir} recommend --user u3 --query 'a cosy mystery'")
-    return 0
+    if args.no_chat:
+        print(f"\nTry: recbot --data-dir {settings.data_dir} recommend --user u3 --query 'a cosy mystery'")
+        return 0
+    print(f"\nOpening the chat on http://{args.host}:{args.port} (Ctrl+C to stop)")
+    return _serve(rec, args, _auth(args))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -206,6 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "ingest": cmd_ingest,
             "recommend": cmd_recommend,
             "train-generator": cmd_train_generator,
+            "chat": cmd_chat,
             "demo": cmd_demo,
         }[args.command]
         return handler(args, settings)

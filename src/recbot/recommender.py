@@ -279,6 +279,11 @@ class Recommender:
         else:
             self.storage.remove_interaction(user_id, item_id)
 
+    def remove_from_history(self, user_id: str, item_id: str) -> None:
+        """Forget one item from a user's history (it may be recommended again)."""
+        self.storage.remove_interaction(user_id, item_id)
+        self.storage.clear_feedback(user_id, item_id)
+
     def history(self, user_id: str) -> list[tuple[Item, Interaction]]:
         catalog = self.storage.items()
         return [(catalog[h.item_id], h) for h in self.storage.history(user_id) if h.item_id in catalog]

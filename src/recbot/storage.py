@@ -186,6 +186,10 @@ class Storage:
                 (user_id, item_id, int(value), int(time.time())),
             )
 
+    def clear_feedback(self, user_id: str, item_id: str) -> None:
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM feedback WHERE user_id = ? AND item_id = ?", (user_id, item_id))
+
     def feedback(self, user_id: str) -> dict[str, int]:
         return dict(self._query("SELECT item_id, value FROM feedback WHERE user_id = ?", (user_id,)))
 

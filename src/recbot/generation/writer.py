@@ -227,11 +227,12 @@ class GPT2Writer:
 
         return process
 
-    def stream(self, prompt: BlurbPrompt) -> Iterator[str]:
-        """Yield the blurb as it is produced: the opening first, then text pieces.
+    def stream(self, prompt: BlurbPrompt, source: str | None = None) -> Iterator[str]:
+        """Yield the blurb as it is produced: the opening first, then raw text pieces.
 
-        The caller guards the finished text (see ``finalize``); streaming shows one
-        sampled candidate, so it can differ from the batched ``write``.
+        ``source`` gets the copy bias (see ``generate``). The caller finishes and guards
+        the text (``stream_write`` does); streaming shows one sampled candidate, so it
+        can differ from the batched ``write``.
         """
         import torch
         from transformers import TextIteratorStreamer
@@ -249,7 +250,7 @@ class GPT2Writer:
                     do_sample=self.settings.temperature > 0,
                     temperature=self.settings.temperature if self.settings.temperature > 0 else None,
                     top_p=self.settings.top_p if self.settings.temperature > 0 else None,
-                    logits_processor=self._processors(batch["input_ids"].shape[1], None, 1),
+                    logits_processor=self._processors(batch["input_ids"].shape[1], [source] if source else None, 1),
                     pad_token_id=self.tokenizer.pad_token_id,
                     eos_token_id=self.tokenizer.eos_token_id,
                 )
@@ -265,6 +266,36 @@ class GPT2Writer:
                 break
             yield piece
         thread.join()
+
+    def stream_write(
+        self,
+        history: Sequence[tuple[Item, Interaction]],
+        rec: Recommendation,
+        catalog: Mapping[str, Item],
+    ) -> Iterator[tuple[str, Recommendation | None]]:
+        """Stream one blurb: yields ``(text so far, None)`` while it is written, then
+        ``(final text, recommendation)`` once it is finished and guarded (templated if
+        the streamed text fails the guard)."""
+        prompt = self.prompt_for(history, rec, catalog)
+        source = copy_source(rec.item, history)
+        text = ""
+        for piece in self.stream(prompt, source):
+            text += piece
+            yield text, None
+        index = self.title_index(catalog)
+        allowed = {item.id for item, _ in history}
+        raw = text[len(prompt.opening) :]
+        cont = finish(raw, max_chars=max(40, self.settings.max_blurb_chars - len(prompt.opening)))
+        cont = trim_ungrounded(cont, source)
+        final = _join(prompt.opening, cont)
+        verdict = check_blurb(final, rec.item, index, allowed=allowed, max_chars=self.settings.max_blurb_chars)
+        if verdict.ok:
+            done = replace(rec, blurb=final, grounded=True, blurb_note=None)
+        else:
+            because = catalog.get(rec.because[0].item_id) if rec.because else None
+            final = template_blurb(rec.item, because, index, allowed=allowed, max_chars=self.settings.max_blurb_chars)
+            done = replace(rec, blurb=final, grounded=False, blurb_note=f"templated: generated text {verdict.reason}")
+        yield final, done
 
     # -- steps 1 and 3 around it --
     def write(

@@ -1,0 +1,195 @@
+"""What the chat page does, without Gradio: plain functions over a Recommender and a
+per-browser-session state, so they are tested without a browser."""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import re
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+from recbot.errors import ModelNotFoundError, RecbotError
+from recbot.recommender import STRATEGY_TEXT, Recommender
+from recbot.types import Recommendation
+
+__all__ = ["ChatHandlers", "Session", "escape_text", "format_recommendation"]
+
+logger = logging.getLogger(__name__)
+
+Message = dict[str, Any]  # {"role": "user"|"assistant", "content": str}
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~])")  # < > & are left to html.escape
+NEW_USER = "__new__"
+
+
+def escape_text(text: str) -> str:
+    """Catalog text shown as text: no HTML, no Markdown, whatever the catalog holds.
+    Markdown is escaped first, so the entities html.escape makes stay intact."""
+    return html.escape(_MD_SPECIAL.sub(r"\\\1", text), quote=False)
+
+
+def format_recommendation(rec: Recommendation, blurb: str | None) -> str:
+    lines = [f"**{escape_text(rec.item.title)}** · {escape_text(rec.item.category)} · score {rec.score:.2f}"]
+    if rec.because:
+        lines.append(
+            "*because you liked " + ", ".join(f"{escape_text(b.title)} ({b.similarity:.2f})" for b in rec.because) + "*"
+        )
+    if blurb:
+        lines.append(escape_text(blurb))
+    return "\n\n".join(lines)
+
+
+@dataclass
+class Session:
+    """One browser session: its user, and which chat message shows which item."""
+
+    user_id: str | None = None
+    shown: dict[int, str] = field(default_factory=dict)  # chat message index -> item id
+
+
+def _demo_people() -> dict[str, dict[str, str]]:
+    path = resources.files("recbot") / "demo" / "users.jsonl"
+    try:
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except OSError:
+        return {}
+    return {r["id"]: r for r in rows}
+
+
+class ChatHandlers:
+    """The chat page's behaviour.
+
+    Args:
+        recommender: an open Recommender (shared by all sessions; it is thread-safe).
+        blurbs: stream a blurb for each recommendation when a generator is available.
+    """
+
+    def __init__(self, recommender: Recommender, *, blurbs: bool = True) -> None:
+        self.rec = recommender
+        self.blurbs = blurbs
+        self._people = _demo_people()
+
+    # -- choosing who you are --
+    def user_choices(self) -> list[tuple[str, str]]:
+        """(label, value) pairs: known users (with names for the demo ones), and a new user."""
+        choices = []
+        for uid in self.rec.users()[:500]:
+            person = self._people.get(uid)
+            choices.append((f"{uid} · {person['name']}: {person['about']}" if person else uid, uid))
+        return [*choices, ("Start as a new user", NEW_USER)]
+
+    def start(self, choice: str | None) -> tuple[Session, list[Message], str]:
+        """Begin a session as ``choice``; returns the session, an empty chat and a status line."""
+        if not choice:
+            return Session(), [], "Pick a user to start."
+        user = f"guest-{secrets.token_hex(3)}" if choice == NEW_USER else choice
+        session = Session(user_id=user)
+        n = len(self.rec.history(user))
+        status = f"You are **{escape_text(user)}** ({n} items in your history). Ask for something."
+        return session, [], status
+
+    # -- the chat turn --
+    def respond(
+        self,
+        message: str,
+        chat: list[Message],
+        session: Session,
+        k: int = 5,
+        category: str | None = None,
+        surprise: bool = False,
+    ) -> Iterator[tuple[list[Message], Session]]:
+        """Answer one turn: the list first, then each blurb as it is written."""
+        chat = [*chat, {"role": "user", "content": escape_text(message)}]
+        if session.user_id is None:
+            yield [*chat, {"role": "assistant", "content": "Pick a user first (top left)."}], session
+            return
+        user = session.user_id
+        try:
+            recs = self.rec.recommend(
+                user,
+                query=message or None,
+                k=int(k),
+                category=category or None,
+                blurbs=False,
+                surprise=surprise,
+            )
+        except RecbotError as exc:
+            yield [*chat, {"role": "assistant", "content": escape_text(f"{type(exc).__name__}: {exc}")}], session
+            return
+        chat.append({"role": "assistant", "content": escape_text(STRATEGY_TEXT[recs.strategy].capitalize() + ":")})
+        if not recs:
+            chat.append({"role": "assistant", "content": "Nothing matched; try another category or ask."})
+        first = len(chat)
+        shown = dict(session.shown)
+        for i, r in enumerate(recs):
+            chat.append({"role": "assistant", "content": format_recommendation(r, "…" if self.blurbs else None)})
+            shown[first + i] = r.item.id
+        session = Session(user, shown)
+        yield list(chat), session
+        if not self.blurbs or not recs:
+            return
+        try:
+            writer = self.rec.writer.get() if self.rec.writer is not None else None  # type: ignore[attr-defined]
+        except ModelNotFoundError as exc:
+            logger.warning("no blurbs: %s", exc)
+            writer = None
+        if writer is None:
+            for i, r in enumerate(recs):
+                chat[first + i] = {"role": "assistant", "content": format_recommendation(r, None)}
+            yield list(chat), session
+            return
+        history = self.rec.history(user)
+        catalog = self.rec.storage.items()
+        for i, r in enumerate(recs):
+            for text, _done in writer.stream_write(history, r, catalog):
+                chat[first + i] = {"role": "assistant", "content": format_recommendation(r, text)}
+                yield list(chat), session
+
+    # -- feedback and history --
+    def feedback(self, session: Session, index: int, liked: bool) -> tuple[list[list[Any]], str]:
+        """Thumbs up/down on a recommendation message."""
+        item_id = session.shown.get(int(index))
+        if session.user_id is None or item_id is None:
+            return self.history_rows(session), "That message is not a recommendation."
+        self.rec.add_feedback(session.user_id, item_id, liked)
+        title = self.rec.storage.items()[item_id].title
+        verb = "added to your likes" if liked else "will not be shown to you again"
+        return self.history_rows(session), f"{escape_text(title)} {verb}."
+
+    def history_rows(self, session: Session) -> list[list[Any]]:
+        if session.user_id is None:
+            return []
+        return [
+            [item.title, item.category, h.rating, h.review or ""]
+            for item, h in reversed(self.rec.history(session.user_id))
+        ]
+
+    def history_titles(self, session: Session) -> list[tuple[str, str]]:
+        if session.user_id is None:
+            return []
+        return [(item.title, item.id) for item, _ in self.rec.history(session.user_id)]
+
+    def catalog_titles(self) -> list[tuple[str, str]]:
+        return sorted(((item.title, item.id) for item in self.rec.storage.items().values()), key=lambda p: p[0])
+
+    def like(self, session: Session, item_id: str | None) -> tuple[list[list[Any]], str]:
+        if session.user_id is None or not item_id:
+            return self.history_rows(session), "Pick a user and an item."
+        self.rec.add_feedback(session.user_id, item_id, liked=True)
+        return self.history_rows(session), "Added to your likes."
+
+    def unlike(self, session: Session, item_id: str | None) -> tuple[list[list[Any]], str]:
+        if session.user_id is None or not item_id:
+            return self.history_rows(session), "Pick a user and an item."
+        self.rec.remove_from_history(session.user_id, item_id)
+        return self.history_rows(session), "Removed from your history."
+
+    # -- the API path --
+    def api_recommend(self, user_id: str, query: str = "", k: int = 5, category: str | None = None) -> dict[str, Any]:
+        """One JSON answer (the shape of ``recbot recommend --json``), for gradio_client."""
+        recs = self.rec.recommend(user_id, query=query or None, k=int(k), category=category or None, blurbs=self.blurbs)
+        return recs.to_dict()

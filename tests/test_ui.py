@@ -1,0 +1,300 @@
+"""The chat page: handlers without a browser, then the real page in headless Chromium and
+through gradio_client, with every outgoing connection of this process recorded."""
+
+from __future__ import annotations
+
+import ipaddress
+import shutil
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from recbot import Recommender, Settings
+from recbot.generation.writer import LazyWriter
+from recbot.recommender import open_storage, open_store
+from recbot.ui.handlers import NEW_USER, ChatHandlers, escape_text
+from tests.conftest import TOY_INTERACTIONS, TOY_ITEMS, KeywordEmbedder, write_jsonl
+
+EVIL = {"id": "x1", "title": "<img src=x onerror=alert(1)>", "category": "books", "description": "a haunted lighthouse"}
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+OUT = Path(__file__).resolve().parents[1] / "out" / "screenshots"
+
+
+def _build(tmp: Path, gpt2: Path) -> Recommender:
+    settings = Settings.create(data_dir=tmp / "data", generator=str(gpt2), max_new_tokens=12, num_candidates=1)
+    rec = Recommender(
+        settings,
+        storage=open_storage(settings),
+        store=open_store(settings),
+        embedder=KeywordEmbedder(),
+        writer=LazyWriter(settings),
+    )
+    rec.ingest(
+        write_jsonl(tmp / "c.jsonl", [*TOY_ITEMS, EVIL]), interactions=write_jsonl(tmp / "i.jsonl", TOY_INTERACTIONS)
+    )
+    return rec
+
+
+@pytest.fixture
+def handlers(tmp_path: Path, tiny_gpt2: Path) -> Iterator[ChatHandlers]:
+    rec = _build(tmp_path, tiny_gpt2)
+    yield ChatHandlers(rec)
+    rec.close()
+
+
+def test_escape_text_shows_markup_as_text() -> None:
+    assert escape_text("<img src=x onerror=alert(1)>") == "&lt;img src=x onerror=alert\\(1\\)&gt;"
+    assert escape_text("**Dune** [link](http://x)") == "\\*\\*Dune\\*\\* \\[link\\]\\(http://x\\)"
+
+
+def test_a_turn_streams_then_feedback_changes_the_next_turn(handlers: ChatHandlers) -> None:
+    session, chat, status = handlers.start("baker")
+    assert "baker" in status and chat == []
+    frames = list(handlers.respond("bread", chat, session, k=3))
+    assert len(frames) > 2  # the list first, then blurb text as it is written
+    first_chat, session = frames[0]
+    assert all("…" in m["content"] for m in first_chat[2:])  # placeholders before the blurbs
+    final, session = frames[-1]
+    shown = dict(session.shown)
+    assert len(shown) == 3 and all("…" not in final[i]["content"] for i in shown)
+    history = {i["item_id"] for i in TOY_INTERACTIONS if i["user_id"] == "baker"}
+    assert set(shown.values()).isdisjoint(history)
+    index, item_id = next(iter(shown.items()))
+    rows, note = handlers.feedback(session, index, liked=False)
+    assert "will not be shown to you again" in note
+    final2, session = list(handlers.respond("bread", final, session, k=8))[-1]
+    assert item_id not in {session.shown[i] for i in range(len(final), len(final2)) if i in session.shown}
+    rows, note = handlers.like(session, "h1")
+    assert rows[0][0] == "Trail Boots"
+    rows, note = handlers.unlike(session, "h1")
+    assert all(r[0] != "Trail Boots" for r in rows)
+
+
+def test_new_users_are_separate(handlers: ChatHandlers) -> None:
+    a, _, _ = handlers.start(NEW_USER)
+    b, _, _ = handlers.start(NEW_USER)
+    assert a.user_id != b.user_id and a.user_id.startswith("guest-")
+    handlers.like(a, "s1")
+    assert handlers.history_rows(b) == [] and len(handlers.history_rows(a)) == 1
+
+
+def test_errors_become_messages(handlers: ChatHandlers) -> None:
+    session, chat, _ = handlers.start("baker")
+    final, _ = list(handlers.respond("x", chat, session, category="toys"))[-1]
+    assert final[-1]["content"].startswith("FilterError: unknown category")
+    nobody = list(handlers.respond("x", [], handlers.start(None)[0]))[-1][0]
+    assert "Pick a user first" in nobody[-1]["content"]
+
+
+# -- the real page --
+
+
+class ConnectionLog:
+    """Every connect() and name lookup this process makes while active."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.addresses: list[str] = []
+        real_connect, real_connect_ex, real_getaddrinfo = (
+            socket.socket.connect,
+            socket.socket.connect_ex,
+            socket.getaddrinfo,
+        )
+
+        def connect(sock: socket.socket, address: Any) -> Any:
+            self._note(address)
+            return real_connect(sock, address)
+
+        def connect_ex(sock: socket.socket, address: Any) -> Any:
+            self._note(address)
+            return real_connect_ex(sock, address)
+
+        def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+            self._note((host, 0))
+            return real_getaddrinfo(host, *args, **kwargs)
+
+        monkeypatch.setattr(socket.socket, "connect", connect)
+        monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
+        monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+    def _note(self, address: Any) -> None:
+        if isinstance(address, tuple) and address:
+            self.addresses.append(str(address[0]))
+
+    def outside(self) -> list[str]:
+        def loopback(host: str) -> bool:
+            if host in ("localhost", ""):
+                return True
+            try:
+                return ipaddress.ip_address(host).is_loopback
+            except ValueError:
+                return False
+
+        return sorted({a for a in self.addresses if not loopback(a)})
+
+
+@pytest.fixture
+def server(
+    tmp_path: Path, tiny_gpt2: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[str, ConnectionLog, Recommender]]:
+    log = ConnectionLog(monkeypatch)
+    rec = _build(tmp_path, tiny_gpt2)
+    from recbot.ui.app import build_demo
+
+    demo = build_demo(rec)
+    demo.queue()
+    _, url, _ = demo.launch(
+        server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True, ssr_mode=False
+    )
+    try:
+        yield url.rstrip("/"), log, rec
+    finally:
+        demo.close()
+        rec.close()
+    assert log.outside() == [], f"connections beyond loopback: {log.outside()}"
+
+
+def _wait_for_answer(page: Any, turn: int) -> list[str]:
+    """Wait until turn ``turn``'s recommendations have their blurbs; return their titles."""
+    page.wait_for_function(
+        """(turn) => {
+            const rows = [...document.querySelectorAll('#chat .message-row')];
+            const users = rows.filter(r => r.querySelector('[data-testid=user]'));
+            if (users.length < turn) return false;
+            const after = rows.slice(rows.indexOf(users[turn - 1]) + 1);
+            const recs = after.filter(r => r.querySelector('strong'));
+            return recs.length > 0
+                && recs.every(r => !r.innerText.includes('…') && r.innerText.includes('because you liked'));
+        }""",
+        arg=turn,
+        timeout=60_000,
+    )
+    rows = page.locator("#chat .message-row")
+    users = [i for i in range(rows.count()) if rows.nth(i).locator("[data-testid=user]").count()]
+    start = users[turn - 1] + 1
+    return [
+        rows.nth(i).locator("strong").first.inner_text()
+        for i in range(start, rows.count())
+        if rows.nth(i).locator("strong").count()
+    ]
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (.ci/run installs it)")
+def test_browser_session(server: tuple[str, ConnectionLog, Recommender]) -> None:
+    from playwright.sync_api import sync_playwright
+
+    url, _, rec = server
+    catalog_titles = {i.title for i in rec.storage.items().values()}
+    history_titles = {i.title for i, _ in rec.history("spacefan")}
+    dialogs: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        page.goto(url)
+        page.wait_for_selector("#ask textarea")
+        page.click("#user-picker input")
+        page.keyboard.type("spacefan")
+        page.keyboard.press("Enter")
+        page.wait_for_function("document.querySelector('#status').innerText.includes('spacefan')")
+
+        page.fill("#ask textarea", "space robots")
+        page.click("#send")
+        first = _wait_for_answer(page, 1)
+        assert first and set(first) <= catalog_titles and not set(first) & history_titles
+
+        disliked = first[0]
+        row = page.locator("#chat .message-row").filter(has=page.locator("strong", has_text=disliked)).last
+        row.hover()
+        # each message's thumbs sit in the button bar right after its row
+        buttons = row.locator("xpath=following-sibling::div[contains(@class, 'message-buttons')][1]")
+        buttons.locator("button[aria-label='Dislike']").click()
+        page.wait_for_function("document.querySelector('#status').innerText.includes('will not be shown')")
+
+        page.fill("#ask textarea", "space robots")
+        page.click("#send")
+        second = _wait_for_answer(page, 2)
+        assert second and disliked not in second
+
+        page.fill("#ask textarea", "haunted lighthouse")
+        page.click("#send")
+        third = _wait_for_answer(page, 3)
+        assert EVIL["title"] in third  # shown literally, as text
+        assert page.locator("#chat img[src='x']").count() == 0 and dialogs == []
+        OUT.mkdir(parents=True, exist_ok=True)
+        page.locator("#chat .bubble-wrap").evaluate("e => e.scrollTop = e.scrollHeight")
+        page.wait_for_timeout(300)
+        page.screenshot(path=str(OUT / "chat.png"), full_page=True)
+        browser.close()
+    assert rec.storage.feedback("spacefan")  # the thumbs-down reached SQLite
+
+
+def test_gradio_client_api(server: tuple[str, ConnectionLog, Recommender]) -> None:
+    from gradio_client import Client
+
+    url, _, _ = server
+    client = Client(url + "/", verbose=False)
+    out = client.predict(user_id="baker", query="bread", k=3, category="", api_name="/recommend")
+    assert out["user_id"] == "baker" and len(out["recommendations"]) == 3
+    history = {i["item_id"] for i in TOY_INTERACTIONS if i["user_id"] == "baker"}
+    assert all(b["item_id"] in history for r in out["recommendations"] for b in r["because"])
+    assert all(r["blurb"] for r in out["recommendations"])
+    client.close()
+
+
+def test_recbot_chat_listens_on_loopback_only(tmp_path: Path, tiny_bert: Path) -> None:
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    import psutil
+
+    from tests.test_cli import cli_ingest
+
+    data = cli_ingest(tmp_path, tiny_bert)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    recbot = str(Path(sys.executable).parent / "recbot")
+    proc = subprocess.Popen(
+        [recbot, "--data-dir", data, "chat", "--port", str(port), "--no-blurbs"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1) as r:
+                    assert r.status == 200
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "recbot chat did not serve within 90 s"
+                time.sleep(0.2)
+        listening = {
+            c.laddr.ip for c in psutil.Process(proc.pid).net_connections(kind="inet") if c.status == psutil.CONN_LISTEN
+        }
+        assert listening == {"127.0.0.1"}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_bad_auth_is_a_clear_error(tmp_path: Path, capsys) -> None:
+    from recbot.cli import main
+
+    assert main(["--data-dir", str(tmp_path), "chat", "--auth", "nopassword"]) == 1
+    assert capsys.readouterr().err.strip() == "ConfigError: --auth takes USER:PASS"
