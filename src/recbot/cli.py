@@ -87,6 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=256, help="from scratch: embedding width")
     p.add_argument("--out", type=Path, default=None, help="where to save (default: DATA_DIR/generator)")
 
+    p = command("eval", "offline evaluation on real data (leave-last-out)")
+    p.add_argument("what", choices=["retrieval"], help="what to evaluate")
+    p.add_argument("--dataset", required=True, help="movielens:DIR | amazon:FILE | recbot (this data dir)")
+    p.add_argument("--k", type=int, default=10, help="the cut-off reported first (5, 10 and 20 are all computed)")
+    p.add_argument("--out", type=Path, default=Path("eval-out"), help="where metrics.json, report.md and plots go")
+    p.add_argument("--max-users", type=int, default=None, help="evaluate a seeded sample of users (quick runs)")
+    p.add_argument("--seed", type=int, default=0)
+
     p = command("chat", "serve the chat page")
     _chat_args(p)
 
@@ -184,6 +192,28 @@ def cmd_train_generator(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
+    import time
+
+    from recbot.eval.data import load_dataset
+    from recbot.eval.runner import run_retrieval
+    from recbot.recommender import make_embedder
+
+    started = time.perf_counter()
+    data = load_dataset(args.dataset, data_dir=settings.data_dir)
+    result = run_retrieval(data, args.out, encoder=make_embedder(settings), seed=args.seed, max_users=args.max_users)
+    k = args.k
+    print(f"{args.dataset}: {result['protocol']['evaluated_users']} users, {result['protocol']['ranked_items']} items")
+    print(f"{'method':<16} {'hr@' + str(k):>8} {'ndcg@' + str(k):>8} {'mrr@' + str(k):>8}")
+    for name, m in result["methods"].items():
+        print(
+            f"{name:<16} {m.get(f'hr@{k}', float('nan')):>8.4f} {m.get(f'ndcg@{k}', float('nan')):>8.4f} {m.get(f'mrr@{k}', float('nan')):>8.4f}"
+        )
+    print(f"hybrid weights: {result['hybrid_weights']}")
+    print(f"wrote {args.out}/metrics.json, report.md, metrics_by_k.png in {time.perf_counter() - started:.0f}s")
+    return 0
+
+
 def _auth(args: argparse.Namespace) -> tuple[str, str] | None:
     if not args.auth:
         return None
@@ -205,8 +235,12 @@ def _serve(rec: Recommender, args: argparse.Namespace, auth: tuple[str, str] | N
         print(
             f"Serving on {args.host}: reachable from other machines." + ("" if auth else " Consider --auth USER:PASS.")
         )
-    if rec.users():  # load the index now, not on the first visitor's turn
+    # load the index and the models now, not on the first visitor's turn
+    if rec.users():
         rec.recommend(rec.users()[0], k=1, blurbs=False)
+    rec.embedder.encode(["warm up"], show_progress=False)
+    if not args.no_blurbs and rec.has_generator():
+        rec.writer.get()  # type: ignore[union-attr]
     launch(rec, host=args.host, port=args.port, auth=auth, blurbs=not args.no_blurbs)
     return 0
 
@@ -249,6 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "recommend": cmd_recommend,
             "train-generator": cmd_train_generator,
             "chat": cmd_chat,
+            "eval": cmd_eval,
             "demo": cmd_demo,
         }[args.command]
         return handler(args, settings)

@@ -424,7 +424,9 @@ class LazyWriter:
         self._lock = threading.Lock()
 
     def get(self) -> GPT2Writer:
-        with self._lock:
+        from recbot.retrieval.embedder import MODEL_LOAD_LOCK
+
+        with MODEL_LOAD_LOCK, self._lock:
             if self._writer is None:
                 name = resolve_generator(self.settings)
                 logger.info("loading generator %s", name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -158,6 +159,9 @@ def _mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 BUNDLED_ENCODER_ID = "minilm-l6-v2-bundled"
+# transformers' lazy module is not safe to import from two threads at once (seen under
+# load: "cannot import name 'AutoModel'"), so every lazy model load takes this lock.
+MODEL_LOAD_LOCK = threading.RLock()
 
 
 class LazyEmbedder:
@@ -178,10 +182,11 @@ class LazyEmbedder:
         return self._loaded is not None
 
     def _get(self) -> BertEmbedder:
-        if self._loaded is None:
-            logger.info("loading encoder %s", self.model_id)
-            self._loaded = BertEmbedder(self._model, **self._kwargs)  # type: ignore[arg-type]
-        return self._loaded
+        with MODEL_LOAD_LOCK:
+            if self._loaded is None:
+                logger.info("loading encoder %s", self.model_id)
+                self._loaded = BertEmbedder(self._model, **self._kwargs)  # type: ignore[arg-type]
+            return self._loaded
 
     @property
     def dim(self) -> int:

@@ -1,0 +1,34 @@
+import math
+
+import pytest
+
+from recbot.eval.ranking import f1_at_k, hit_rate_at_k, mrr_at_k, ndcg_at_k, precision_at_k, recall_at_k
+
+RANKED = ["a", "b", "c", "d"]
+
+
+@pytest.mark.parametrize(
+    ("fn", "relevant", "k", "expected"),
+    [
+        (hit_rate_at_k, {"c"}, 2, 0.0),
+        (hit_rate_at_k, {"c"}, 3, 1.0),
+        (precision_at_k, {"b", "d"}, 2, 0.5),
+        (precision_at_k, {"b", "d"}, 10, 0.2),  # k beyond the list still divides by k
+        (recall_at_k, {"b", "d", "z"}, 4, 2 / 3),
+        (f1_at_k, {"b", "d"}, 2, 2 * 0.5 * 0.5 / 1.0),
+        (ndcg_at_k, {"c"}, 3, 1 / math.log2(4)),
+        (ndcg_at_k, {"a", "c"}, 3, (1 + 1 / math.log2(4)) / (1 + 1 / math.log2(3))),
+        (ndcg_at_k, {"a"}, 10, 1.0),
+        (mrr_at_k, {"c", "d"}, 4, 1 / 3),
+        (mrr_at_k, {"d"}, 3, 0.0),
+    ],
+)
+def test_known_answers(fn, relevant, k, expected) -> None:
+    assert fn(RANKED, relevant, k) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("fn", [hit_rate_at_k, precision_at_k, recall_at_k, f1_at_k, ndcg_at_k, mrr_at_k])
+def test_edge_cases_are_zero(fn) -> None:
+    assert fn([], {"a"}, 5) == 0.0  # empty list
+    assert fn(RANKED, set(), 5) == 0.0  # no relevant item
+    assert fn(RANKED, {"z"}, 10) == 0.0  # relevant item never ranked
