@@ -205,10 +205,10 @@ def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
     k = args.k
     print(f"{args.dataset}: {result['protocol']['evaluated_users']} users, {result['protocol']['ranked_items']} items")
     print(f"{'method':<16} {'hr@' + str(k):>8} {'ndcg@' + str(k):>8} {'mrr@' + str(k):>8}")
+    nan = float("nan")
     for name, m in result["methods"].items():
-        print(
-            f"{name:<16} {m.get(f'hr@{k}', float('nan')):>8.4f} {m.get(f'ndcg@{k}', float('nan')):>8.4f} {m.get(f'mrr@{k}', float('nan')):>8.4f}"
-        )
+        hr, ndcg, mrr = (m.get(f"{metric}@{k}", nan) for metric in ("hr", "ndcg", "mrr"))
+        print(f"{name:<16} {hr:>8.4f} {ndcg:>8.4f} {mrr:>8.4f}")
     print(f"hybrid weights: {result['hybrid_weights']}")
     print(f"wrote {args.out}/metrics.json, report.md, metrics_by_k.png in {time.perf_counter() - started:.0f}s")
     return 0
