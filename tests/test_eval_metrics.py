@@ -32,3 +32,20 @@ def test_edge_cases_are_zero(fn) -> None:
     assert fn([], {"a"}, 5) == 0.0  # empty list
     assert fn(RANKED, set(), 5) == 0.0  # no relevant item
     assert fn(RANKED, {"z"}, 10) == 0.0  # relevant item never ranked
+
+
+def test_text_metrics_known_answers() -> None:
+    from recbot.eval.text import bleu, distinct_n, div, fcr, features_of, fmr, rouge, unique_sentence_ratio
+
+    assert bleu(["the cat sat"], ["the cat sat"], 4) == pytest.approx(100.0)
+    assert bleu(["a b c d"], ["a b x y"], 1) == pytest.approx(50.0)
+    assert rouge(["the cat"], ["the cat sat"])["rouge1"] == pytest.approx(100 * 2 * (1 * 2 / 3) / (1 + 2 / 3))
+    assert unique_sentence_ratio(["Great.", "great.", "Fine."]) == pytest.approx(2 / 3)
+    assert unique_sentence_ratio([]) == 0.0
+    assert distinct_n(["a b a b"], 2) == pytest.approx(2 / 3)
+    feats = frozenset({"strings", "tone", "price"})
+    assert features_of("Great tone, great price!", feats) == {"tone", "price"}
+    assert fmr(["nice tone", "cheap"], ["tone is warm", "price ok"], feats) == 0.5
+    assert fcr(["nice tone", "good price"], feats) == pytest.approx(2 / 3)
+    assert div(["tone price", "tone", "strings"], feats) == pytest.approx((1 + 0 + 0) / 3)
+    assert div(["only one"], feats) == 0.0

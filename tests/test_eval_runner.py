@@ -64,3 +64,21 @@ def test_runner_is_deterministic_and_beats_random(amazon_file: Path, tmp_path: P
     assert methods["item_knn"]["hr@5"] == 1.0 and methods["hybrid"]["hr@5"] == 1.0
     assert (tmp_path / "a" / "report.md").read_text().startswith("# Retrieval evaluation")
     assert (tmp_path / "a" / "metrics_by_k.png").stat().st_size > 1000
+
+
+def test_generation_eval_runs_with_baselines(amazon_file: Path, tmp_path: Path, tiny_gpt2: Path) -> None:
+    from recbot import Settings
+    from recbot.eval.generation import run_generation
+    from recbot.generation.writer import GPT2Writer
+
+    data = load_dataset(f"amazon:{amazon_file}")
+    writer = GPT2Writer.load(str(tiny_gpt2), Settings.create(max_new_tokens=8, num_candidates=1))
+    result = run_generation(data, tmp_path / "g", writer=writer, encoder=KeywordEmbedder(), max_users=12)
+    methods = result["methods"]
+    assert set(methods) == {"recbot", "template", "copy_review", "constant"}
+    assert methods["constant"]["usr"] == round(1 / 12, 4)  # one sentence for everyone
+    assert methods["recbot"]["grounding_rate"] == 1.0  # every final blurb names its item
+    assert 0.0 <= methods["recbot"]["templated_rate"] <= 1.0
+    for name in ("bleu1", "rouge1", "fmr", "distinct2", "personalisation"):
+        assert name in methods["copy_review"]
+    assert (tmp_path / "g" / "blurb_lengths.png").exists() and "PEPLER" in (tmp_path / "g" / "report.md").read_text()

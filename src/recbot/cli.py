@@ -88,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="where to save (default: DATA_DIR/generator)")
 
     p = command("eval", "offline evaluation on real data (leave-last-out)")
-    p.add_argument("what", choices=["retrieval"], help="what to evaluate")
+    p.add_argument("what", choices=["retrieval", "generation"], help="what to evaluate")
+    p.add_argument("--generator", default=None, help="generation: GPT-2 path (default: DATA_DIR/generator)")
     p.add_argument("--dataset", required=True, help="movielens:DIR | amazon:FILE | recbot (this data dir)")
     p.add_argument("--k", type=int, default=10, help="the cut-off reported first (5, 10 and 20 are all computed)")
     p.add_argument("--out", type=Path, default=Path("eval-out"), help="where metrics.json, report.md and plots go")
@@ -201,6 +202,8 @@ def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
 
     started = time.perf_counter()
     data = load_dataset(args.dataset, data_dir=settings.data_dir)
+    if args.what == "generation":
+        return _eval_generation(args, settings, data, started)
     result = run_retrieval(data, args.out, encoder=make_embedder(settings), seed=args.seed, max_users=args.max_users)
     k = args.k
     print(f"{args.dataset}: {result['protocol']['evaluated_users']} users, {result['protocol']['ranked_items']} items")
@@ -211,6 +214,41 @@ def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
         print(f"{name:<16} {hr:>8.4f} {ndcg:>8.4f} {mrr:>8.4f}")
     print(f"hybrid weights: {result['hybrid_weights']}")
     print(f"wrote {args.out}/metrics.json, report.md, metrics_by_k.png in {time.perf_counter() - started:.0f}s")
+    return 0
+
+
+def _eval_generation(args: argparse.Namespace, settings: Settings, data: Any, started: float) -> int:
+    import time
+
+    from recbot.eval.generation import run_generation
+    from recbot.generation.writer import GPT2Writer, resolve_generator
+    from recbot.recommender import make_embedder
+
+    settings = settings.replace(generator=args.generator or settings.generator)
+    name = resolve_generator(settings)
+    card_path = Path(name) / "card.json"
+    card = json.loads(card_path.read_text()) if card_path.exists() else None
+    writer = GPT2Writer.load(name, settings)
+    result = run_generation(
+        data,
+        args.out,
+        writer=writer,
+        encoder=make_embedder(settings),
+        seed=args.seed,
+        max_users=args.max_users,
+        generator_card=card,
+    )
+    cols = ["bleu1", "bleu4", "rouge1", "rouge2", "rougeL", "usr", "fmr", "distinct2", "personalisation"]
+    print(f"{args.dataset}: {result['protocol']['users']} users; generator {name}")
+    print(f"{'method':<12} " + " ".join(f"{c:>9}" for c in cols))
+    for method, m in result["methods"].items():
+        print(f"{method:<12} " + " ".join(f"{m[c]:>9.4f}" for c in cols))
+    extra = {
+        k: result["methods"]["recbot"].get(k)
+        for k in ("grounding_rate", "hallucination_rate", "templated_rate", "perplexity", "unigram_perplexity")
+    }
+    print(f"recbot: {extra}")
+    print(f"wrote {args.out}/metrics.json, report.md, blurb_lengths.png in {time.perf_counter() - started:.0f}s")
     return 0
 
 

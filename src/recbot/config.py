@@ -57,6 +57,7 @@ class Settings:
     seed: int = 0  # same seed, same inputs, same dtype: same blurbs
     generator_dtype: str = "float32"  # "bfloat16": faster batches on AMX CPUs, but batched text may differ
     max_blurb_chars: int = 320  # longer blurbs are cut at a sentence end
+    generation_batch: int = 32  # prompts per generate call when writing for many users at once
 
     @classmethod
     def from_toml(cls, path: str | Path, **overrides: Any) -> Settings:

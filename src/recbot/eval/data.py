@@ -27,7 +27,11 @@ class Split:
 
     train: dict[str, list[Interaction]]  # per user, in time order
     held_out: dict[str, Interaction]
-    item_text: dict[str, str]  # item text built without any held-out interaction
+    items: dict[str, Item]  # items as built without any held-out interaction
+
+    @property
+    def item_text(self) -> dict[str, str]:
+        return {i: item.text for i, item in self.items.items()}
 
 
 @dataclass
@@ -54,7 +58,7 @@ class Dataset:
 def _split(
     by_user: dict[str, list[Interaction]],
     drop_last: int,
-    text_for: Callable[[dict[str, list[Interaction]]], dict[str, str]],
+    text_for: Callable[[dict[str, list[Interaction]]], dict[str, Item]],
 ) -> Split:
     train: dict[str, list[Interaction]] = {}
     held: dict[str, Interaction] = {}
@@ -73,7 +77,7 @@ def _build(
     catalog: dict[str, Item],
     interactions: list[Interaction],
     sort_key: Callable[[str], Any],
-    text_for: Callable[[dict[str, list[Interaction]]], dict[str, str]],
+    text_for: Callable[[dict[str, list[Interaction]]], dict[str, Item]],
 ) -> Dataset:
     by_user: dict[str, list[Interaction]] = defaultdict(list)
     for it in interactions:
@@ -93,13 +97,12 @@ def load_dataset(spec: str, *, data_dir: str | Path | None = None) -> Dataset:
     if kind == "movielens":
         result = read_movielens(Path(path))
         catalog = {i.id: i for i in result.items}
-        texts = {i: item.text for i, item in catalog.items()}
-        return _build("movielens", spec, catalog, result.interactions, int, lambda _train: texts)
+        return _build("movielens", spec, catalog, result.interactions, int, lambda _train: catalog)
     if kind == "amazon":
         result = read_amazon(Path(path))
         reviews: dict[tuple[str, str], str] = {(i.user_id, i.item_id): i.review or "" for i in result.interactions}
 
-        def text_from_training(train: dict[str, list[Interaction]]) -> dict[str, str]:
+        def text_from_training(train: dict[str, list[Interaction]]) -> dict[str, Item]:
             # item text from training-split reviews only: a held-out review never leaks
             summaries: dict[str, list[str]] = defaultdict(list)
             bodies: dict[str, list[str]] = defaultdict(list)
@@ -109,7 +112,7 @@ def load_dataset(spec: str, *, data_dir: str | Path | None = None) -> Dataset:
                     summaries[h.item_id].append(summary)
                     bodies[h.item_id].append(body)
             asins = {i.item_id for i in result.interactions}
-            return {a: amazon_item(a, summaries[a], bodies[a]).text for a in asins}
+            return {a: amazon_item(a, summaries[a], bodies[a]) for a in asins}
 
         catalog = {i.id: i for i in result.items}
         return _build("amazon", spec, catalog, result.interactions, str, text_from_training)
@@ -121,6 +124,6 @@ def load_dataset(spec: str, *, data_dir: str | Path | None = None) -> Dataset:
         catalog = storage.items()
         interactions = [h for u in storage.users() for h in storage.history(u)]
         storage.close()
-        texts = {i: item.text for i, item in catalog.items()}
-        return _build("recbot", spec, dict(catalog), interactions, str, lambda _train: texts)
+        items = dict(catalog)
+        return _build("recbot", spec, items, interactions, str, lambda _train: items)
     raise ConfigError(f"unknown dataset {spec!r}; use movielens:DIR, amazon:FILE or recbot")

@@ -305,10 +305,28 @@ class GPT2Writer:
         catalog: Mapping[str, Item],
     ) -> list[Recommendation]:
         """Fill ``blurb``/``grounded``/``blurb_note`` of each recommendation."""
+        return self.write_many([(history, rec) for rec in recs], catalog)
+
+    def write_many(
+        self, jobs: Sequence[tuple[Sequence[tuple[Item, Interaction]], Recommendation]], catalog: Mapping[str, Item]
+    ) -> list[Recommendation]:
+        """``write`` for many (history, recommendation) pairs, possibly of different users,
+        in batches of ``generation_batch`` prompts (offline evaluation uses this)."""
+        out: list[Recommendation] = []
+        step = max(1, self.settings.generation_batch)
+        for start in range(0, len(jobs), step):
+            out.extend(self._write_batch(jobs[start : start + step], catalog))
+        return out
+
+    def _write_batch(
+        self, jobs: Sequence[tuple[Sequence[tuple[Item, Interaction]], Recommendation]], catalog: Mapping[str, Item]
+    ) -> list[Recommendation]:
         index = self.title_index(catalog)
-        allowed = {item.id for item, _ in history}
-        history_text = " ".join(f"{it.title} {h.review or ''}" for it, h in history)
-        prompts = [self.prompt_for(history, rec, catalog) for rec in recs]
+        recs = [rec for _, rec in jobs]
+        allowed = [{item.id for item, _ in history} for history, _ in jobs]
+        history_text = [" ".join(f"{it.title} {h.review or ''}" for it, h in history) for history, _ in jobs]
+        prompts = [self.prompt_for(history, rec, catalog) for history, rec in jobs]
+        sources = [copy_source(rec.item, history) for history, rec in jobs]
         chosen: list[str | None] = [None] * len(recs)
         notes: list[str | None] = [None] * len(recs)
         todo = list(range(len(recs)))
@@ -318,21 +336,20 @@ class GPT2Writer:
                 [prompts[i].text for i in todo],
                 num_return_sequences=n,
                 seed=self.settings.seed + attempt,
-                sources=[copy_source(recs[i].item, history) for i in todo],
+                sources=[sources[i] for i in todo],
             )
             still = []
             for i, candidates in zip(todo, outs, strict=True):
                 best, best_score = None, -1.0
-                source = copy_source(recs[i].item, history)
                 for raw in candidates:
                     cont = finish(raw, max_chars=max(40, self.settings.max_blurb_chars - len(prompts[i].opening)))
-                    cont = trim_ungrounded(cont, source)
+                    cont = trim_ungrounded(cont, sources[i])
                     text = _join(prompts[i].opening, cont)
                     verdict = check_blurb(
-                        text, recs[i].item, index, allowed=allowed, max_chars=self.settings.max_blurb_chars
+                        text, recs[i].item, index, allowed=allowed[i], max_chars=self.settings.max_blurb_chars
                     )
                     if verdict.ok:
-                        s = score_candidate(cont, recs[i].item, history_text)
+                        s = score_candidate(cont, recs[i].item, history_text[i])
                         if s > best_score:
                             best, best_score = text, s
                     else:
@@ -351,7 +368,7 @@ class GPT2Writer:
             else:
                 because = catalog.get(rec.because[0].item_id) if rec.because else None
                 text = template_blurb(
-                    rec.item, because, index, allowed=allowed, max_chars=self.settings.max_blurb_chars
+                    rec.item, because, index, allowed=allowed[i], max_chars=self.settings.max_blurb_chars
                 )
                 out.append(replace(rec, blurb=text, grounded=False, blurb_note=f"templated: generated text {notes[i]}"))
         return out
