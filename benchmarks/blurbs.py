@@ -20,12 +20,8 @@ from dataclasses import replace
 import numpy as np
 
 from recbot import Reason, Recommender
+from recbot.eval.text import distinct_n
 from recbot.generation.guard import TitleIndex, check_blurb
-
-
-def distinct_n(texts: list[str], n: int) -> float:
-    grams = [tuple(t.lower().split()[i : i + n]) for t in texts for i in range(len(t.split()) - n + 1)]
-    return len(set(grams)) / len(grams) if grams else 0.0
 
 
 def history_text(rec: Recommender, user: str) -> str:

@@ -16,7 +16,7 @@ import numpy as np
 from recbot.eval.data import Dataset
 from recbot.eval.text import bleu, distinct_n, div, fcr, feature_set, fmr, rouge, unique_sentence_ratio
 from recbot.generation.guard import TitleIndex, check_blurb
-from recbot.generation.prompts import clean, fact_continuation, first_sentences
+from recbot.generation.prompts import clean, fact_continuation, first_sentences, review_words
 from recbot.types import Interaction, Item, Reason, Recommendation
 
 __all__ = ["reference_text", "run_generation"]
@@ -27,8 +27,8 @@ PEPLER_TRIPADVISOR = {"bleu1": 14.96, "bleu4": 1.02, "rouge1": 16.23, "rouge2": 
 
 
 def reference_text(review: str) -> str:
-    """The user's own words as the generator is trained to write them: summary and first sentence."""
-    return first_sentences(clean(review), 2)
+    """The user's own words as the generator is trained to write them (see ``review_words``)."""
+    return review_words(review)
 
 
 def _continuation(blurb: str, opening: str) -> str:

@@ -35,6 +35,7 @@ __all__ = [
     "fact_continuation",
     "finish",
     "opening",
+    "review_words",
 ]
 
 END = "<|endoftext|>"
@@ -125,6 +126,15 @@ def fact_continuation(item: Item) -> str:
     tags = [clean(t) for t in item.tags[:2] if t]
     detail = f" It is {' and '.join(tags)}." if tags and not first else ""
     return f" {predicate}. {first}{detail}".rstrip()
+
+
+def review_words(review: str, limit: int | None = None) -> str:
+    """A review as a blurb target and as an evaluation reference: its first two
+    sentences (for Amazon data, the summary and the first sentence), cut at ``limit``."""
+    text = first_sentences(clean(review), 2)
+    if limit is not None and len(text) > limit:
+        text = text[:limit].rsplit(" ", 1)[0].rstrip(",;:") + "."
+    return text
 
 
 def first_sentences(text: str, n: int) -> str:

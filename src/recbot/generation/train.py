@@ -37,9 +37,8 @@ from recbot.generation.prompts import (
     PAD,
     USER,
     build_prompt,
-    clean,
     fact_continuation,
-    first_sentences,
+    review_words,
 )
 from recbot.types import Interaction, Item
 
@@ -116,9 +115,7 @@ def _liked(h: Interaction) -> bool:
 
 
 def _review_target(review: str, limit: int) -> str:
-    text = first_sentences(clean(review), 2)
-    if len(text) > limit:
-        text = text[:limit].rsplit(" ", 1)[0].rstrip(",;:") + "."
+    text = review_words(review, limit)
     return ": " + text if text else ""
 
 

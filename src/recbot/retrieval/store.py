@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,6 +130,7 @@ class ChromaStore:
         self.exact_max_items = exact_max_items
         self._snapshot: _Snapshot | None = None
         self._count: int | None = None  # cached until a write or refresh
+        self._snapshot_lock = threading.Lock()  # concurrent first queries build it once
 
     def count(self) -> int:
         if self._count is None:
@@ -175,6 +177,10 @@ class ChromaStore:
 
     def snapshot(self) -> _Snapshot:
         """Load (once) every vector and metadata row into memory."""
+        with self._snapshot_lock:
+            return self._load_snapshot()
+
+    def _load_snapshot(self) -> _Snapshot:
         if self._snapshot is None:
             ids: list[str] = []
             metadatas: list[Mapping[str, Any]] = []
