@@ -75,10 +75,26 @@ def test_generation_eval_runs_with_baselines(amazon_file: Path, tmp_path: Path, 
     writer = GPT2Writer.load(str(tiny_gpt2), Settings.create(max_new_tokens=8, num_candidates=1))
     result = run_generation(data, tmp_path / "g", writer=writer, encoder=KeywordEmbedder(), max_users=12)
     methods = result["methods"]
-    assert set(methods) == {"recbot", "template", "copy_review", "constant"}
-    assert methods["constant"]["usr"] == round(1 / 12, 4)  # one sentence for everyone
+    assert set(methods) == {"recbot", "template", "copy_review", "constant", "constant_best", "constant_issue"}
+    for name in ("constant", "constant_best", "constant_issue"):
+        assert methods[name]["usr"] == round(1 / 12, 4)  # one sentence for everyone
     assert methods["recbot"]["grounding_rate"] == 1.0  # every final blurb names its item
     assert 0.0 <= methods["recbot"]["templated_rate"] <= 1.0
     for name in ("bleu1", "rouge1", "fmr", "distinct2", "personalisation"):
         assert name in methods["copy_review"]
     assert (tmp_path / "g" / "blurb_lengths.png").exists() and "PEPLER" in (tmp_path / "g" / "report.md").read_text()
+
+
+def test_best_constant_picks_the_sentence_closest_to_the_validation_reviews() -> None:
+    from collections import Counter
+
+    from recbot.eval.generation import best_constant
+
+    summaries = Counter({"Great": 5, "Good strings": 3, "Awful": 1})
+    sentences = Counter({"Highly recommended.": 4, "They stay in tune.": 2})
+    refs = ["Good strings. They stay in tune.", "Good strings, they stay in tune for weeks."]
+    text, score = best_constant(summaries, sentences, refs)
+    # the most frequent ("Great. Highly recommended.") shares no word with the references
+    assert text == "Good strings. They stay in tune."
+    assert score > 100.0  # BLEU-1 + ROUGE-L, each 0-100: near-perfect on the first reference
+    assert best_constant(summaries, sentences, []) == ("", 0.0)

@@ -44,7 +44,8 @@ def bleu(hypotheses: Sequence[str], references: Sequence[str], max_order: int) -
     """Corpus BLEU (0-100), sacrebleu, lowercased, 13a."""
     from sacrebleu.metrics import BLEU
 
-    metric = BLEU(lowercase=True, tokenize="13a", max_ngram_order=max_order, effective_order=True)
+    # force: review text is detokenised; sacrebleu's "tokenized period" heuristic misfires on it
+    metric = BLEU(lowercase=True, tokenize="13a", max_ngram_order=max_order, effective_order=True, force=True)
     return float(metric.corpus_score(list(hypotheses), [list(references)]).score)
 
 
