@@ -89,6 +89,17 @@ def test_recommend_json_and_data_dir_on_both_sides(tmp_path: Path, tiny_bert, ca
     assert {r["item_id"] for r in json.loads(capsys.readouterr().out)["recommendations"]} == {"c2", "c3"}
 
 
+def test_tune_and_content_only(tmp_path: Path, tiny_bert, capsys) -> None:
+    data = cli_ingest(tmp_path, tiny_bert)
+    assert "hybrid weights: defaults" in capsys.readouterr().out  # ingest chose (default) weights
+    assert main(["--data-dir", data, "tune"]) == 0
+    assert capsys.readouterr().out.startswith("hybrid weights: defaults (")
+    for flag, strategy in ((None, "hybrid"), ("--content-only", "profile")):
+        args = ["--data-dir", data, "recommend", "--user", "spacefan", "--json", "--no-blurbs"]
+        assert main(args + ([flag] if flag else [])) == 0
+        assert json.loads(capsys.readouterr().out)["strategy"] == strategy
+
+
 def test_user_errors_are_one_line(tmp_path: Path, capsys) -> None:
     assert main(["--data-dir", str(tmp_path / "none"), "recommend", "--user", "u1"]) == 1
     err = capsys.readouterr().err.strip().splitlines()

@@ -1,7 +1,14 @@
 import numpy as np
 import pytest
 
-from recbot.retrieval.profile import blend_query, build_profile, rating_weight, recency_weights, with_reviews
+from recbot.retrieval.profile import (
+    blend_query,
+    build_profile,
+    rating_weight,
+    rating_weights,
+    recency_weights,
+    with_reviews,
+)
 from recbot.retrieval.ranking import mmr, top_reasons
 
 E = np.eye(3, dtype=np.float32)
@@ -12,6 +19,7 @@ E = np.eye(3, dtype=np.float32)
 )
 def test_rating_weight(rating, weight) -> None:
     assert rating_weight(rating) == weight
+    assert rating_weights([rating, 3]).tolist() == [weight, 0.0]
 
 
 def test_recency_halves_every_half_life() -> None:

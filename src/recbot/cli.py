@@ -72,8 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=None, help="number of items (default 5)")
     p.add_argument("--category", help="only items of this category")
     p.add_argument("--surprise", action="store_true", help="favour diversity")
+    p.add_argument(
+        "--content-only", action="store_true", help="rank by text similarity alone (no collaborative signals)"
+    )
     p.add_argument("--no-blurbs", action="store_true", help="skip blurb generation (loads no generator)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    command("tune", "choose the hybrid ranking's weights on the stored interactions (ingest does it on change)")
 
     p = command("train-generator", "train (or fine-tune) the GPT-2 blurb generator on the ingested data")
     p.add_argument("--base", default="auto", help="auto | scratch | a GPT-2 model id or path to fine-tune")
@@ -164,13 +169,18 @@ def _print_recs(recs: Recommendations) -> None:
 
 
 def cmd_recommend(args: argparse.Namespace, settings: Settings) -> int:
-    recs = _open(settings).recommend(
+    recs = _open(settings.replace(hybrid=False) if args.content_only else settings).recommend(
         args.user, query=args.query, k=args.k, category=args.category, blurbs=not args.no_blurbs, surprise=args.surprise
     )
     if args.json:
         print(json.dumps(recs.to_dict(), indent=2, ensure_ascii=False))
     else:
         _print_recs(recs)
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace, settings: Settings) -> int:
+    print(_open(settings).tune().describe())
     return 0
 
 
@@ -319,6 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler = {
             "ingest": cmd_ingest,
             "recommend": cmd_recommend,
+            "tune": cmd_tune,
             "train-generator": cmd_train_generator,
             "chat": cmd_chat,
             "eval": cmd_eval,

@@ -44,6 +44,7 @@ class Settings:
     dislike_weight: float = 0.5  # disliked items push the profile away at this strength
     mmr_lambda: float = 0.7  # 1: pure relevance; lower: more diverse
     surprise_mmr_lambda: float = 0.4  # "surprise me"
+    hybrid: bool = True  # blend in collaborative signals once other users have interactions (retrieval/hybrid.py)
     reasons_per_item: int = 2  # "because you liked X" entries per recommendation
     # -- generator (GPT-2) --
     generator: str | None = None  # hub id or path; None: the trained one in data_dir, else gpt2 from the cache

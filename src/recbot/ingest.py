@@ -36,6 +36,7 @@ class IngestReport:
     rejected: list[RowError] = field(default_factory=list)
     notes: list[RowError] = field(default_factory=list)
     seconds: float = 0.0
+    hybrid: str = ""  # the blend weights chosen afterwards (Recommender.ingest)
 
     def lines(self) -> list[str]:
         out = [
@@ -46,6 +47,7 @@ class IngestReport:
         ]
         out += [f"  rejected: {e}" for e in self.rejected]
         out += [f"  note: {e}" for e in self.notes]
+        out += [self.hybrid] if self.hybrid else []
         return out
 
     def to_dict(self) -> dict[str, object]:
@@ -59,6 +61,7 @@ class IngestReport:
             "rejected": [str(e) for e in self.rejected],
             "notes": [str(e) for e in self.notes],
             "seconds": round(self.seconds, 3),
+            "hybrid": self.hybrid,
         }
 
 

@@ -15,9 +15,10 @@ from recbot.config import Settings
 from recbot.errors import ConfigError, FilterError, IndexNotBuiltError, UnknownItemError
 from recbot.ingest import IngestReport, ingest
 from recbot.retrieval.embedder import BUNDLED_ENCODER_ID, Embedder, LazyEmbedder
-from recbot.retrieval.profile import blend_query, build_profile, rating_weight, recency_weights, with_reviews
+from recbot.retrieval.hybrid import DEFAULT_WEIGHTS, CollabModel, HybridWeights, score_user, tune
+from recbot.retrieval.profile import blend_query, build_profile, rating_weights, recency_weights, with_reviews
 from recbot.retrieval.ranking import mmr, top_reasons
-from recbot.retrieval.store import ChromaStore, Filters, VectorStore, make_client
+from recbot.retrieval.store import ChromaStore, Filters, Snapshot, VectorStore, make_client
 from recbot.storage import Storage
 from recbot.types import Interaction, Item, Reason, Recommendation
 
@@ -28,8 +29,10 @@ __all__ = ["Recommendations", "Recommender", "Strategy"]
 
 logger = logging.getLogger(__name__)
 
-Strategy = Literal["profile", "query", "profile+query", "popular"]
+Strategy = Literal["hybrid", "hybrid+query", "profile", "query", "profile+query", "popular"]
 STRATEGY_TEXT: dict[str, str] = {
+    "hybrid": "ranked by your history: similar items, what people with your items liked, and popularity",
+    "hybrid+query": "ranked by your ask and your history: similar items, what people with your items liked",
     "profile": "ranked by similarity to your history",
     "query": "no usable history: ranked by similarity to your ask alone",
     "profile+query": "ranked by similarity to your history and your ask",
@@ -94,6 +97,7 @@ class Recommender:
         self.writer = writer
         self._version = storage.get_meta("version")
         self._popularity: dict[str, int] | None = None
+        self._collab: tuple[Snapshot, CollabModel] | None = None  # fitted on the stored interactions
 
     @classmethod
     def open(
@@ -192,7 +196,11 @@ class Recommender:
             else "profile+query"
         )
         lam = self.settings.surprise_mmr_lambda if surprise else self.settings.mmr_lambda
-        if target is not None:
+        hybrid = self._hybrid() if profile is not None and self.settings.hybrid else None
+        if hybrid is not None and profile is not None:
+            ids, relevance = self._hybrid_candidates(hybrid, history, profile, ask, all_filters, exclude)
+            strategy = "hybrid" if ask is None else "hybrid+query"
+        elif target is not None:
             hits = self.store.search(target, self.settings.candidates, filters=all_filters or None, exclude=exclude)
             ids = [h.id for h in hits]
             relevance = np.array([h.score for h in hits])
@@ -202,7 +210,7 @@ class Recommender:
         keep = [j for j, i in enumerate(ids) if i in vectors]
         ids, relevance = [ids[j] for j in keep], relevance[keep]
         cand = np.stack([vectors[i] for i in ids]) if ids else np.zeros((0, 1), dtype=np.float32)
-        order = mmr(cand, relevance, k, lam)
+        order = mmr(cand, _unit_range(relevance) if hybrid is not None else relevance, k, lam)
         positive = np.where(weights > 0, weights, 0.0)
         recs = []
         for rank, j in enumerate(order, start=1):
@@ -225,7 +233,8 @@ class Recommender:
     ) -> IngestReport:
         """Ingest a catalog and/or interactions into this recommender's data dir.
 
-        See ``recbot.ingest.ingest``; this process sees the new index at once.
+        See ``recbot.ingest.ingest``; this process sees the new index at once. When the
+        catalog or the interactions changed, the hybrid's weights are chosen again (``tune``).
         """
         report = ingest(
             path,
@@ -238,6 +247,9 @@ class Recommender:
             holdout_last=holdout_last,
         )
         self._reload_if_changed()
+        changed = report.interactions or report.added or report.updated or report.removed
+        if changed or self.storage.get_meta("hybrid") is None:
+            report.hybrid = self.tune().describe()
         return report
 
     def train_generator(self, config: TrainConfig | None = None, *, out_dir: str | Path | None = None) -> TrainReport:
@@ -267,6 +279,34 @@ class Recommender:
         except ModelNotFoundError:
             return False
         return True
+
+    def tune(self, *, show_progress: bool = True) -> HybridWeights:
+        """Choose the hybrid's blend weights on the stored interactions (each user's latest
+        item held out) and store them with the index. ``ingest`` calls this when the
+        interactions or the catalog changed."""
+        from tqdm.auto import tqdm
+
+        view = self.store.exact_view()
+        histories = self.storage.histories()
+        if view is None or not len(view.ids):
+            chosen = HybridWeights(dict(DEFAULT_WEIGHTS), "default", 0)
+        else:
+            chosen = tune(
+                histories,
+                view.ids,
+                view.matrix,
+                seed=self.settings.seed,
+                progress=lambda it, n: tqdm(
+                    it, total=n, desc="Choosing weights", unit="grid", disable=not show_progress
+                ),
+            )
+        self.storage.set_meta("hybrid", chosen.to_json())
+        return chosen
+
+    def hybrid_weights(self) -> HybridWeights:
+        """The blend weights ``recommend`` uses (stored by ``tune``; defaults before)."""
+        stored = self.storage.get_meta("hybrid")
+        return HybridWeights.from_json(stored) if stored else HybridWeights(dict(DEFAULT_WEIGHTS), "default", 0)
 
     # -- state the surfaces change --
     def add_feedback(self, user_id: str, item_id: str, liked: bool) -> None:
@@ -312,6 +352,7 @@ class Recommender:
             self.store.refresh()
             self.storage.invalidate()
             self._popularity = None
+            self._collab = None
 
     def _history_vectors(self, user_id: str, history: list[Interaction]) -> tuple[np.ndarray, np.ndarray]:
         if not history:
@@ -326,10 +367,54 @@ class Recommender:
             [reviews[h.item_id][1] if h.review and h.item_id in reviews else None for h in history],
             self.settings.review_weight,
         )
-        weights = np.array([rating_weight(h.rating) for h in history]) * recency_weights(
+        weights = rating_weights([h.rating for h in history]) * recency_weights(
             [h.timestamp for h in history], self.settings.recency_half_life_days
         )
         return vectors, weights
+
+    def _hybrid(self) -> tuple[Snapshot, CollabModel] | None:
+        """The collaborative model over the exactly searched items, once two users have
+        interactions; None otherwise (and beyond ``exact_search_max_items`` items, where
+        ranking stays content-only on the ANN index)."""
+        view = self.store.exact_view()
+        if view is None:
+            return None
+        if self._collab is None or self._collab[0] is not view:
+            histories = self.storage.histories()
+            self._collab = (view, CollabModel.fit(histories.values(), view.ids))
+        model = self._collab[1]
+        return (view, model) if model.users >= 2 else None
+
+    def _hybrid_candidates(
+        self,
+        hybrid: tuple[Snapshot, CollabModel],
+        history: Sequence[Interaction],
+        profile: np.ndarray,
+        ask: np.ndarray | None,
+        filters: Mapping[str, Any],
+        exclude: frozenset[str],
+    ) -> tuple[list[str], np.ndarray]:
+        view, model = hybrid
+        scores = score_user(
+            model,
+            self.hybrid_weights().weights,
+            history,
+            view.matrix @ profile,
+            None if ask is None else view.matrix @ ask,
+            self.settings.query_weight,
+        ).astype(np.float64)
+        allowed = view.rows_where(filters) if filters else None
+        if allowed is not None:
+            masked = np.full_like(scores, -np.inf)
+            masked[allowed] = scores[allowed]
+            scores = masked
+        scores[[view.row[i] for i in exclude if i in view.row]] = -np.inf
+        n = min(self.settings.candidates, int(np.isfinite(scores).sum()))
+        if n == 0:
+            return [], np.zeros(0)
+        top = np.argpartition(-scores, n - 1)[:n]
+        top = top[np.lexsort((top, -scores[top]))]  # best first, ties by row
+        return [view.ids[r] for r in top], scores[top]
 
     def _popular_candidates(
         self, catalog: Mapping[str, Item], filters: Mapping[str, Any], exclude: frozenset[str]
@@ -342,6 +427,14 @@ class Recommender:
         ids = ids[: self.settings.candidates]
         top = max((pop.get(i, 0) for i in ids), default=0) or 1
         return ids, np.array([pop.get(i, 0) / top for i in ids])
+
+
+def _unit_range(x: np.ndarray) -> np.ndarray:
+    """Min-max to [0, 1], so MMR trades hybrid scores against cosines on one scale."""
+    if len(x) == 0:
+        return x
+    span = float(x.max() - x.min())
+    return (x - x.min()) / span if span > 0 else np.ones_like(x)
 
 
 def _matches(item: Item, filters: Mapping[str, Any]) -> bool:

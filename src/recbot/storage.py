@@ -163,6 +163,17 @@ class Storage:
         )
         return [Interaction(*row) for row in rows]
 
+    def histories(self) -> dict[str, list[Interaction]]:
+        """Every user's interactions, each oldest first (ties by item id), users sorted."""
+        rows = self._query(
+            "SELECT user_id, item_id, rating, review, timestamp FROM interactions "
+            "ORDER BY user_id, COALESCE(timestamp, 0), item_id"
+        )
+        out: dict[str, list[Interaction]] = {}
+        for row in rows:
+            out.setdefault(row[0], []).append(Interaction(*row))
+        return out
+
     def remove_interaction(self, user_id: str, item_id: str) -> None:
         with self.transaction() as conn:
             conn.execute("DELETE FROM interactions WHERE user_id = ? AND item_id = ?", (user_id, item_id))

@@ -6,7 +6,6 @@ PNG plots into the output dir.
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import time
@@ -15,10 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
-from recbot.eval.baselines import Components, blend, components
+from recbot.eval.baselines import Components, components
 from recbot.eval.data import Dataset, Split
 from recbot.eval.ranking import f1_at_k, hit_rate_at_k, mrr_at_k, ndcg_at_k, precision_at_k, recall_at_k
+from recbot.retrieval.hybrid import blend, choose_weights, top_k
 
 __all__ = ["run_retrieval"]
 
@@ -33,27 +34,6 @@ METRICS = {
     "ndcg": ndcg_at_k,
     "mrr": mrr_at_k,
 }
-WEIGHT_GRID = {
-    "knn": (0.0, 0.5),
-    "knn_recent": (0.0, 0.5, 1.0),
-    "knn_decay": (0.0, 0.5, 1.0),
-    "transition": (0.0, 0.5, 1.0),
-    "bert": (0.0, 0.1, 0.25),
-    "popularity": (0.0, 0.1),
-}
-
-
-def top_k(scores: np.ndarray, comp: Components, k: int, *, exact: bool = True) -> np.ndarray:
-    """Indices of each user's top ``k`` items, training items excluded. ``exact`` breaks
-    ties by item order (a stable sort); otherwise a faster partial sort."""
-    s = np.array(scores, dtype=np.float64, copy=True)
-    rows, cols = comp.seen.nonzero()
-    s[rows, cols] = -np.inf
-    if exact:
-        return np.argsort(-s, axis=1, kind="stable")[:, :k]
-    part = np.argpartition(-s, k, axis=1)[:, :k]
-    order = np.argsort(-np.take_along_axis(s, part, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(part, order, axis=1)
 
 
 def measure(
@@ -85,25 +65,15 @@ def _components(
     return components(users, data.items, split.train, cache[key])
 
 
-def choose_weights(
-    comp: Components, users: Sequence[str], items: Sequence[str], held: Mapping[str, Any]
+def choose(
+    comp: Components, items: Sequence[str], held: Mapping[str, Any], users: Sequence[str]
 ) -> tuple[dict[str, float], float]:
-    """Grid search on the validation split (NDCG@10); ties go to the earlier grid point."""
+    """Hybrid weights by grid search on the validation split (NDCG@10)."""
     index = {item: j for j, item in enumerate(items)}
-    target = np.array([index[held[u].item_id] for u in users])
-    best: tuple[dict[str, float], float] = ({}, -1.0)
-    names = list(WEIGHT_GRID)
-    for values in itertools.product(*(WEIGHT_GRID[n] for n in names)):
-        if not any(values):
-            continue
-        weights = dict(zip(names, values, strict=True))
-        top = top_k(blend(comp, weights), comp, 10, exact=False)
-        hit = top == target[:, None]
-        ranks = np.where(hit.any(axis=1), hit.argmax(axis=1), -1)
-        ndcg = float(np.mean(np.where(ranks >= 0, 1.0 / np.log2(np.maximum(ranks, 0) + 2), 0.0)))
-        if ndcg > best[1] + 1e-12:
-            best = (weights, ndcg)
-    return best
+    targets = np.array([index[held[u].item_id] for u in users])
+    return choose_weights(
+        comp.parts, comp.seen, targets, progress=lambda it, n: tqdm(it, total=n, desc="Choosing weights", unit="grid")
+    )
 
 
 def run_retrieval(
@@ -121,21 +91,21 @@ def run_retrieval(
         users = [u for u in users if u in set(users_test)]
     cache: dict[str, np.ndarray] = {}
     logger.info("validation split: choosing hybrid weights on %d users", len(users))
-    weights, valid_ndcg = choose_weights(
-        _components(data, data.valid, users, encoder, cache), users, data.items, data.valid.held_out
+    weights, valid_ndcg = choose(
+        _components(data, data.valid, users, encoder, cache), data.items, data.valid.held_out, users
     )
     comp = _components(data, data.test, users_test, encoder, cache)
     pop = comp.popularity
     scores = {
         "random": rng.random((len(users_test), len(data.items))),
-        "popularity": np.broadcast_to(pop[None, :], comp.knn.shape),
-        "item_knn": comp.knn,
-        "item_knn_last20": comp.knn_recent,
-        "bert": comp.bert,
-        "hybrid": blend(comp, weights),
+        "popularity": np.broadcast_to(pop[None, :], (len(users_test), len(data.items))),
+        "item_knn": comp.parts["knn"],
+        "item_knn_last20": comp.parts["knn_recent"],
+        "bert": comp.parts["bert"],
+        "hybrid": blend(comp.parts, weights),
     }
     methods = {
-        name: measure(top_k(s, comp, max(KS)), users_test, data.items, data.test.held_out, pop)
+        name: measure(top_k(s, comp.seen, max(KS)), users_test, data.items, data.test.held_out, pop)
         for name, s in scores.items()
     }
     result = {

@@ -22,6 +22,7 @@ __all__ = [
     "blend_query",
     "build_profile",
     "rating_weight",
+    "rating_weights",
     "recency_weights",
     "with_reviews",
 ]
@@ -38,6 +39,12 @@ def rating_weight(rating: float | None) -> float:
     if rating is None:
         return 1.0
     return float(np.clip((rating - 3.0) / 2.0, -1.0, 1.0))
+
+
+def rating_weights(ratings: Sequence[float | None]) -> np.ndarray:
+    """``rating_weight`` of each rating, vectorised."""
+    r = np.array([np.nan if x is None else x for x in ratings], dtype=np.float64)
+    return np.where(np.isnan(r), 1.0, np.clip((r - 3.0) / 2.0, -1.0, 1.0))
 
 
 def recency_weights(timestamps: Sequence[int | None], half_life_days: float) -> np.ndarray:

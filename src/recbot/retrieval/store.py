@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from chromadb.api import ClientAPI
     from chromadb.api.models.Collection import Collection
 
-__all__ = ["ChromaStore", "Filters", "Hit", "VectorStore", "make_client"]
+__all__ = ["ChromaStore", "Filters", "Hit", "Snapshot", "VectorStore", "make_client"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ class VectorStore(Protocol):
     ) -> list[Hit]: ...
     def refresh(self) -> None: ...
     def ids(self) -> list[str]: ...
+    def exact_view(self) -> Snapshot | None: ...
     def close(self) -> None: ...
 
 
@@ -64,7 +65,7 @@ def make_client(path: str | Path | None = None, *, host: str | None = None, port
     return chromadb.PersistentClient(path=str(path), settings=settings)
 
 
-class _Snapshot:
+class Snapshot:
     """The whole collection as a float32 matrix, with lazily built inverted indexes."""
 
     def __init__(self, ids: list[str], matrix: np.ndarray, metadatas: list[Mapping[str, Any]]) -> None:
@@ -128,7 +129,7 @@ class ChromaStore:
             embedding_function=None,  # never Chroma's default: it would download a model
         )
         self.exact_max_items = exact_max_items
-        self._snapshot: _Snapshot | None = None
+        self._snapshot: Snapshot | None = None
         self._count: int | None = None  # cached until a write or refresh
         self._snapshot_lock = threading.Lock()  # concurrent first queries build it once
 
@@ -169,18 +170,22 @@ class ChromaStore:
         return list(self.snapshot().ids)
 
     def get_vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
-        snap = self.snapshot() if self.count() <= self.exact_max_items else None
+        snap = self.exact_view()
         if snap is not None:
             return {i: snap.matrix[snap.row[i]] for i in ids if i in snap.row}
         got = self.collection.get(ids=list(ids), include=["embeddings"])
         return {i: np.asarray(v, dtype=np.float32) for i, v in zip(got["ids"], got["embeddings"], strict=True)}  # type: ignore[arg-type]
 
-    def snapshot(self) -> _Snapshot:
+    def exact_view(self) -> Snapshot | None:
+        """Every vector in memory when the collection is searched exactly, else None."""
+        return self.snapshot() if self.count() <= self.exact_max_items else None
+
+    def snapshot(self) -> Snapshot:
         """Load (once) every vector and metadata row into memory."""
         with self._snapshot_lock:
             return self._load_snapshot()
 
-    def _load_snapshot(self) -> _Snapshot:
+    def _load_snapshot(self) -> Snapshot:
         if self._snapshot is None:
             ids: list[str] = []
             metadatas: list[Mapping[str, Any]] = []
@@ -193,7 +198,7 @@ class ChromaStore:
                 blocks.append(np.asarray(got["embeddings"], dtype=np.float32))
             dim = blocks[0].shape[1] if blocks else 0
             matrix = np.concatenate(blocks) if blocks else np.zeros((0, dim), dtype=np.float32)
-            self._snapshot = _Snapshot(ids, np.ascontiguousarray(matrix), metadatas)
+            self._snapshot = Snapshot(ids, np.ascontiguousarray(matrix), metadatas)
             logger.debug("loaded %d vectors from Chroma", len(ids))
         return self._snapshot
 

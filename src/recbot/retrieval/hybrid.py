@@ -1,0 +1,364 @@
+"""The hybrid ranking: BERT content similarity plus collaborative signals learned from
+the interactions, blended with weights chosen on a validation split. Pure numpy/scipy.
+
+One implementation serves ``Recommender.recommend`` (one user at a time) and the offline
+evaluation (all users at once), so the evaluated hybrid is the shipped one.
+
+Components, each a score per item for one user, standardised per user (z-score over all
+items) before the weighted sum:
+
+- ``knn``: item-kNN, the sum of the cosines between the user's items and the item in the
+  binary users x items matrix X (cosine_ij = co-occurrence_ij / sqrt(pop_i * pop_j)).
+  Computed as ``((x / sqrt(pop)) @ X.T @ X) / sqrt(pop)``: two sparse products, no
+  item x item matrix, so it scales with the number of interactions, not items squared.
+- ``knn_recent``: the same over the user's last 20 items.
+- ``knn_decay``: the user's items weighted ``0.5 ** (positions back / 5)``.
+- ``transition``: what followed the user's last 5 items (weighted ``0.5 ** (back / 2)``)
+  within 3 steps in everybody's sequences, row-normalised: a first-order sequential signal.
+- ``bert``: cosine between the item's text embedding and the user's interest vector.
+- ``popularity``: ``log(1 + users who interacted with the item)``.
+
+With a free-text ask, the final score is ``(1 - q) * z(hybrid) + q * z(cosine to the
+ask)`` with ``q = Settings.query_weight``, so the ask steers as strongly as it does the
+content-only ranking.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import sparse
+
+from recbot.retrieval.profile import build_profile, rating_weights, recency_weights
+from recbot.types import Interaction
+
+__all__ = [
+    "COMPONENTS",
+    "DEFAULT_WEIGHTS",
+    "WEIGHT_GRID",
+    "CollabModel",
+    "HybridWeights",
+    "bert_scores",
+    "blend",
+    "choose_weights",
+    "history_matrix",
+    "score_user",
+    "top_k",
+    "tune",
+    "zscore",
+]
+
+COMPONENTS = ("knn", "knn_recent", "knn_decay", "transition", "bert", "popularity")
+RECENT = 20  # knn_recent: the last this many items
+DECAY_HALF_LIFE = 5.0  # knn_decay: positions back
+TRANSITION_LAST, TRANSITION_HALF_LIFE, TRANSITION_WINDOW = 5, 2.0, 3
+# Used until there are enough users to choose weights on a validation split. Content
+# leads (it carries the reasons and works on tiny data); co-occurrence and the
+# sequence signal add what people with the same items went on to; popularity is a prior.
+DEFAULT_WEIGHTS: dict[str, float] = {"knn_decay": 0.25, "transition": 0.25, "bert": 1.0, "popularity": 0.05}
+WEIGHT_GRID: dict[str, tuple[float, ...]] = {
+    "knn": (0.0, 0.5),
+    "knn_recent": (0.0, 0.5, 1.0),
+    "knn_decay": (0.0, 0.5, 1.0),
+    "transition": (0.0, 0.5, 1.0),
+    "bert": (0.0, 0.1, 0.25),
+    "popularity": (0.0, 0.1),
+}
+
+
+def history_matrix(
+    histories: Sequence[Sequence[Interaction]],
+    index: Mapping[str, int],
+    *,
+    last: int | None = None,
+    half_life: float | None = None,
+) -> sparse.csr_matrix:
+    """Users x items: 1 per item (of the last ``last`` only), or with ``half_life`` a
+    weight that halves every ``half_life`` positions back from the latest. Items the
+    model does not know are skipped."""
+    rows, cols, vals = [], [], []
+    for u, hist in enumerate(histories):
+        hist = hist[-last:] if last else hist
+        for back, h in enumerate(reversed(hist)):
+            j = index.get(h.item_id)
+            if j is not None:
+                rows.append(u)
+                cols.append(j)
+                vals.append(0.5 ** (back / half_life) if half_life else 1.0)
+    m = sparse.coo_matrix(
+        (np.asarray(vals, dtype=np.float32), (rows, cols)), shape=(len(histories), len(index))
+    ).tocsr()
+    m.sum_duplicates()
+    if not half_life:
+        m.data[:] = 1.0  # binary, even if an item repeats
+    return m
+
+
+@dataclass
+class CollabModel:
+    """Collaborative statistics of a set of (training) histories.
+
+    Attributes:
+        items: the item universe, in column order.
+        matrix: binary users x items matrix of the histories.
+        popularity: (n_items,) users holding each item.
+        transition: items x items, row-normalised "came within 3 steps after".
+    """
+
+    items: list[str]
+    index: dict[str, int]
+    matrix: sparse.csr_matrix
+    popularity: np.ndarray
+    transition: sparse.csr_matrix
+    _transposed: sparse.csr_matrix | None = field(default=None, repr=False)
+
+    @classmethod
+    def fit(cls, histories: Iterable[Sequence[Interaction]], items: Sequence[str]) -> CollabModel:
+        """Statistics of ``histories`` (each in time order) over the universe ``items``."""
+        index = {item: j for j, item in enumerate(items)}
+        hists = list(histories)
+        x = history_matrix(hists, index)
+        popularity = np.asarray(x.sum(axis=0)).ravel().astype(np.float32)
+        rows, cols = [], []
+        for hist in hists:
+            ids = [index[h.item_id] for h in hist if h.item_id in index]
+            for a in range(len(ids)):
+                for b in range(a + 1, min(a + 1 + TRANSITION_WINDOW, len(ids))):
+                    rows.append(ids[a])
+                    cols.append(ids[b])
+        n = len(index)
+        t = sparse.coo_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(n, n)).tocsr()
+        t.sum_duplicates()
+        sums = np.asarray(t.sum(axis=1)).ravel()
+        sums[sums == 0] = 1.0
+        transition = (sparse.diags(1.0 / sums).astype(np.float32) @ t).tocsr()
+        return cls(list(items), index, x, popularity, transition)
+
+    @property
+    def users(self) -> int:
+        return int(self.matrix.shape[0])
+
+    def _knn(self, rows: sparse.csr_matrix) -> np.ndarray:
+        # (rows / sqrt(pop)) @ X.T @ X / sqrt(pop), as two sparse x dense products
+        inv = 1.0 / np.sqrt(np.maximum(self.popularity, 1.0))
+        dense = rows.toarray() * inv[None, :]
+        per_user = self.matrix @ dense.T  # (all users, len(rows))
+        return np.asarray((self._matrix_t @ per_user).T * inv[None, :], dtype=np.float32)
+
+    @property
+    def _matrix_t(self) -> sparse.csr_matrix:
+        if self._transposed is None:
+            self._transposed = self.matrix.T.tocsr()
+        return self._transposed
+
+    def scores(self, histories: Sequence[Sequence[Interaction]]) -> dict[str, np.ndarray]:
+        """The collaborative components (all but ``bert``), each (len(histories), n_items)."""
+        h, idx, n = histories, self.index, len(histories)
+        rows = sparse.vstack(
+            [
+                history_matrix(h, idx),
+                history_matrix(h, idx, last=RECENT),
+                history_matrix(h, idx, half_life=DECAY_HALF_LIFE),
+            ]
+        ).tocsr()
+        knn = self._knn(rows)  # one pass for the three kNN variants
+        last = history_matrix(h, idx, last=TRANSITION_LAST, half_life=TRANSITION_HALF_LIFE)
+        return {
+            "knn": knn[:n],
+            "knn_recent": knn[n : 2 * n],
+            "knn_decay": knn[2 * n :],
+            "transition": (last @ self.transition).toarray().astype(np.float32),
+            "popularity": np.broadcast_to(np.log1p(self.popularity)[None, :], (n, len(self.items))),
+        }
+
+
+def zscore(m: np.ndarray) -> np.ndarray:
+    """Per-row standardisation, so components on different scales can be added. A
+    constant row (no signal for that user) becomes zeros."""
+    m = np.asarray(m, dtype=np.float32)
+    mean = m.mean(axis=-1, keepdims=True)
+    std = m.std(axis=-1, keepdims=True)
+    std[std == 0] = 1.0
+    return (m - mean) / std
+
+
+def blend(parts: Mapping[str, np.ndarray], weights: Mapping[str, float], *, standardised: bool = False) -> np.ndarray:
+    """The hybrid: the weighted sum of the per-user z-scored components (``standardised``:
+    ``parts`` are z-scored already)."""
+    out: np.ndarray | None = None
+    for name in COMPONENTS:
+        w = float(weights.get(name, 0.0))
+        if w and name in parts:
+            z = parts[name] if standardised else zscore(parts[name])
+            out = w * z if out is None else out + w * z
+    if out is None:
+        shape = next(iter(parts.values())).shape
+        return np.zeros(shape, dtype=np.float32)
+    return out
+
+
+def top_k(scores: np.ndarray, seen: sparse.spmatrix | None, k: int, *, exact: bool = True) -> np.ndarray:
+    """Indices of each row's top ``k`` items, ``seen`` items excluded. ``exact`` breaks
+    ties by item order (a stable sort); otherwise a faster partial sort."""
+    s = np.array(scores, dtype=np.float64, copy=True)
+    if seen is not None:
+        rows, cols = seen.nonzero()
+        s[rows, cols] = -np.inf
+    k = min(k, s.shape[1])
+    if exact or k >= s.shape[1]:
+        return np.argsort(-s, axis=1, kind="stable")[:, :k]
+    part = np.argpartition(-s, k, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(s, part, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1)
+
+
+def choose_weights(
+    parts: Mapping[str, np.ndarray],
+    seen: sparse.spmatrix,
+    targets: np.ndarray,
+    *,
+    grid: Mapping[str, Sequence[float]] = WEIGHT_GRID,
+    progress: Callable[[Iterable[tuple[float, ...]], int], Iterable[tuple[float, ...]]] | None = None,
+) -> tuple[dict[str, float], float]:
+    """Grid search for the blend weights maximising NDCG@10 of the held-out ``targets``
+    (one item column per row; validation items, never test items). Ties go to the
+    earlier grid point. Returns the weights and their NDCG@10."""
+    z = {name: zscore(m) for name, m in parts.items()}
+    names = [n for n in grid if n in z]
+    combos: Iterable[tuple[float, ...]] = itertools.product(*(grid[n] for n in names))
+    if progress is not None:
+        combos = progress(combos, int(np.prod([len(grid[n]) for n in names])))
+    best: tuple[dict[str, float], float] = ({}, -1.0)
+    for values in combos:
+        if not any(values):
+            continue
+        weights = dict(zip(names, values, strict=True))
+        top = top_k(blend(z, weights, standardised=True), seen, 10, exact=False)
+        hit = top == np.asarray(targets)[:, None]
+        ranks = np.where(hit.any(axis=1), hit.argmax(axis=1), -1)
+        ndcg = float(np.mean(np.where(ranks >= 0, 1.0 / np.log2(np.maximum(ranks, 0) + 2), 0.0)))
+        if ndcg > best[1] + 1e-12:
+            best = ({n: v for n, v in weights.items() if v}, ndcg)
+    return best
+
+
+def bert_scores(
+    histories: Sequence[Sequence[Interaction]],
+    item_vectors: np.ndarray,
+    index: Mapping[str, int],
+    *,
+    half_life_days: float = 365.0,
+    profile_last: int | None = 50,
+) -> np.ndarray:
+    """Cosine of every item to each user's interest vector (recbot's rating and recency
+    weights over the last ``profile_last`` items; no review text)."""
+    out = np.zeros((len(histories), len(item_vectors)), dtype=np.float32)
+    for u, hist in enumerate(histories):
+        hist = [h for h in (hist[-profile_last:] if profile_last else hist) if h.item_id in index]
+        if not hist:
+            continue
+        vecs = item_vectors[[index[h.item_id] for h in hist]]
+        weights = rating_weights([h.rating for h in hist]) * recency_weights(
+            [h.timestamp for h in hist], half_life_days
+        )
+        profile = build_profile(vecs, weights)
+        if profile is not None:
+            out[u] = item_vectors @ profile
+    return out
+
+
+@dataclass(frozen=True)
+class HybridWeights:
+    """Blend weights and where they came from; stored with the index (SQLite meta)."""
+
+    weights: dict[str, float]
+    source: str  # "validation": chosen on held-out items; "default": too few users to choose
+    users: int  # users the choice was made on (or that were eligible, for "default")
+    validation_ndcg: float | None = None  # NDCG@10 of the chosen weights on the validation items
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {"weights": self.weights, "source": self.source, "users": self.users, "ndcg@10": self.validation_ndcg},
+            sort_keys=True,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> HybridWeights:
+        d = json.loads(text)
+        return cls({str(k): float(v) for k, v in d["weights"].items()}, d["source"], int(d["users"]), d.get("ndcg@10"))
+
+    def describe(self) -> str:
+        shown = ", ".join(f"{k} {v:g}" for k, v in self.weights.items())
+        if self.source == "validation":
+            return (
+                f"hybrid weights chosen on {self.users} users' last items (NDCG@10 {self.validation_ndcg:.4f}): {shown}"
+            )
+        return f"hybrid weights: defaults ({self.users} users with 3+ items, {MIN_TUNE_USERS} needed to tune): {shown}"
+
+
+MIN_TUNE_USERS = 50  # users with 3+ interactions needed to choose weights on their last items
+MAX_TUNE_CELLS = 40_000_000  # users x items per component matrix while tuning (~160 MB each)
+
+
+def tune(
+    histories: Mapping[str, Sequence[Interaction]],
+    items: Sequence[str],
+    item_vectors: np.ndarray,
+    *,
+    min_users: int = MIN_TUNE_USERS,
+    max_users: int = 2000,
+    seed: int = 0,
+    progress: Callable[[Iterable[tuple[float, ...]], int], Iterable[tuple[float, ...]]] | None = None,
+) -> HybridWeights:
+    """Choose blend weights on the stored interactions: each user's latest item (3+
+    interactions) is held out as the validation target, everything else trains the
+    collaborative statistics, and the grid point with the best NDCG@10 wins. With fewer
+    than ``min_users`` such users, DEFAULT_WEIGHTS. At most ``max_users`` users (a seeded
+    sample), fewer for large catalogs so memory stays bounded.
+
+    Args:
+        histories: every user's interactions, each in time order.
+        items: the item universe (rows of ``item_vectors``).
+        item_vectors: (n_items, d) unit text embeddings.
+    """
+    index = {item: j for j, item in enumerate(items)}
+    eligible = sorted(u for u, h in histories.items() if len(h) >= 3 and h[-1].item_id in index)
+    if len(eligible) < min_users:
+        return HybridWeights(dict(DEFAULT_WEIGHTS), "default", len(eligible))
+    cap = max(min_users, min(max_users, MAX_TUNE_CELLS // max(len(items), 1)))
+    if len(eligible) > cap:
+        rng = np.random.default_rng(seed)
+        eligible = sorted(rng.choice(eligible, size=cap, replace=False).tolist())
+    held = set(eligible)
+    train = {u: list(h[:-1]) if u in held else list(h) for u, h in histories.items()}
+    model = CollabModel.fit(train.values(), items)
+    hists = [train[u] for u in eligible]
+    parts = model.scores(hists)
+    parts["bert"] = bert_scores(hists, item_vectors, index)
+    targets = np.array([index[histories[u][-1].item_id] for u in eligible])
+    weights, ndcg = choose_weights(parts, history_matrix(hists, index), targets, progress=progress)
+    return HybridWeights(weights, "validation", len(eligible), round(ndcg, 6))
+
+
+def score_user(
+    model: CollabModel,
+    weights: Mapping[str, float],
+    history: Sequence[Interaction],
+    content: np.ndarray,
+    ask: np.ndarray | None = None,
+    query_weight: float = 0.6,
+) -> np.ndarray:
+    """One user's hybrid score for every item of ``model``: the weighted sum of the
+    z-scored components, with ``content`` (cosine of each item to the user's interest
+    vector) as ``bert``. With ``ask`` (cosine of each item to the free-text ask), the
+    result is ``(1 - query_weight) * z(hybrid) + query_weight * z(ask)``."""
+    parts = {name: m[0] for name, m in model.scores([history]).items()}
+    parts["bert"] = np.asarray(content, dtype=np.float32)
+    score = blend(parts, weights)
+    if ask is None:
+        return score
+    return (1.0 - query_weight) * zscore(score) + query_weight * zscore(np.asarray(ask, dtype=np.float32))

@@ -1,0 +1,154 @@
+"""The hybrid ranking: known answers for its components, weight choice on validation
+items, and its use (and storage) in Recommender.recommend."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import sparse
+
+from recbot.retrieval.hybrid import (
+    DEFAULT_WEIGHTS,
+    CollabModel,
+    HybridWeights,
+    blend,
+    choose_weights,
+    score_user,
+    tune,
+    zscore,
+)
+from recbot.types import Interaction
+from tests.conftest import write_jsonl
+
+
+def hist(user: str, *items: str) -> list[Interaction]:
+    return [Interaction(user, item, 5.0, None, t) for t, item in enumerate(items)]
+
+
+def test_knn_is_the_sum_of_item_cosines_to_the_users_items() -> None:
+    # a: u1 u2 | b: u1 u2 u3 | c: u3
+    model = CollabModel.fit([hist("u1", "a", "b"), hist("u2", "a", "b"), hist("u3", "b", "c")], ["a", "b", "c"])
+    assert model.popularity.tolist() == [2, 3, 1]
+    # cos(a,a)=1, cos(a,b)=2/sqrt(2*3), cos(a,c)=0 ; a user holding only "a":
+    knn = model.scores([hist("x", "a")])["knn"][0]
+    np.testing.assert_allclose(knn, [1.0, 2 / np.sqrt(6), 0.0], rtol=1e-6)
+    # holding a and c: cos(b,a) + cos(b,c) = 2/sqrt(6) + 1/sqrt(3)
+    knn = model.scores([hist("x", "a", "c")])["knn"][0]
+    np.testing.assert_allclose(knn[1], 2 / np.sqrt(6) + 1 / np.sqrt(3), rtol=1e-6)
+
+
+def test_transition_counts_what_came_next_in_others_sequences() -> None:
+    model = CollabModel.fit([hist("u1", "a", "b"), hist("u2", "a", "c"), hist("u3", "a", "c")], ["a", "b", "c"])
+    # after a: b once, c twice (row-normalised); a user whose last item is a
+    t = model.scores([hist("x", "a")])["transition"][0]
+    np.testing.assert_allclose(t, [0.0, 1 / 3, 2 / 3], rtol=1e-6)
+    assert model.scores([[]])["transition"][0].tolist() == [0.0, 0.0, 0.0]  # no history, no signal
+
+
+def test_zscore_and_blend() -> None:
+    z = zscore(np.array([[1.0, 2.0, 3.0], [5.0, 5.0, 5.0]]))
+    np.testing.assert_allclose(z[0], [-1.2247449, 0.0, 1.2247449], rtol=1e-6)
+    assert z[1].tolist() == [0.0, 0.0, 0.0]  # a constant row carries no signal
+    parts = {"knn": np.array([[0.0, 1.0]]), "bert": np.array([[1.0, 0.0]])}
+    np.testing.assert_allclose(blend(parts, {"knn": 1.0, "bert": 0.5}), [[-0.5, 0.5]])
+    assert blend(parts, {}).tolist() == [[0.0, 0.0]]
+
+
+def test_choose_weights_finds_the_component_that_ranks_the_targets() -> None:
+    rng = np.random.default_rng(0)
+    n_users, n_items = 40, 30
+    targets = rng.integers(0, n_items, n_users)
+    good = rng.random((n_users, n_items))
+    good[np.arange(n_users), targets] = 2.0  # the target always on top
+    parts = {"knn": rng.random((n_users, n_items)), "bert": good}
+    seen = sparse.csr_matrix((n_users, n_items))
+    weights, ndcg = choose_weights(parts, seen, targets, grid={"knn": (0.0, 1.0), "bert": (0.0, 0.25)})
+    assert weights == {"bert": 0.25} and ndcg == 1.0
+    # a seen target cannot be recommended: excluding it leaves no hit
+    seen = sparse.csr_matrix((np.ones(n_users), (np.arange(n_users), targets)), shape=(n_users, n_items))
+    assert choose_weights(parts, seen, targets, grid={"bert": (1.0,)})[1] == 0.0
+
+
+def _two_taste_histories(n_users: int) -> dict[str, list[Interaction]]:
+    """Half the users take 3 of a, b, c, d in order, the other half 3 of w, x, y, z: a
+    user's last item is predictable from the others' co-occurrence, not from the text."""
+    out = {}
+    for u in range(n_users):
+        taste = ("a", "b", "c", "d") if u % 2 else ("w", "x", "y", "z")
+        drop = (u // 2) % 4
+        out[f"u{u:03d}"] = hist(f"u{u:03d}", *(t for j, t in enumerate(taste) if j != drop))
+    return out
+
+
+ITEMS = ["a", "b", "c", "d", "w", "x", "y", "z"] + [f"f{j}" for j in range(20)]  # f*: never bought
+
+
+def test_tune_defaults_on_few_users_and_chooses_on_many() -> None:
+    vectors = np.eye(len(ITEMS), dtype=np.float32)  # content says nothing: every item orthogonal
+    few = tune(_two_taste_histories(10), ITEMS, vectors)
+    assert few.source == "default" and few.weights == DEFAULT_WEIGHTS and few.users == 10
+    chosen = tune(_two_taste_histories(64), ITEMS, vectors)
+    assert chosen.source == "validation" and chosen.users == 64
+    assert any(w > 0 for n, w in chosen.weights.items() if n != "bert")  # a collaborative signal was chosen
+    # 26 unseen items: a random order would put the target at NDCG@10 of about 0.13
+    assert chosen.validation_ndcg is not None and chosen.validation_ndcg > 0.5
+    assert tune(_two_taste_histories(64), ITEMS, vectors) == chosen  # same data, same seed: same choice
+    assert HybridWeights.from_json(chosen.to_json()) == chosen
+
+
+def test_an_ask_steers_the_hybrid() -> None:
+    model = CollabModel.fit([hist("p", "a", "b", "c"), hist("q", "x", "y", "z")], ["a", "b", "c", "x", "y", "z"])
+    history = hist("me", "a", "b")
+    unseen = np.array([0, 0, 1, 1, 1, 1], dtype=bool)
+    content = np.zeros(6, dtype=np.float32)
+    plain = score_user(model, {"knn": 1.0, "transition": 1.0}, history, content)
+    assert int(np.argmax(np.where(unseen, plain, -np.inf))) == 2  # c: what the a, b user had
+    ask = np.array([0, 0, 0, 0, 0, 1.0], dtype=np.float32)  # "something like z"
+    steered = score_user(model, {"knn": 1.0, "transition": 1.0}, history, content, ask, 0.6)
+    assert int(np.argmax(np.where(unseen, steered, -np.inf))) == 5
+
+
+def test_recommend_uses_co_occurrence_and_stores_weights_with_the_index(make_recommender, tmp_path: Path) -> None:
+    # Text cannot link "violin rosin" to "cello strings"; 8 players bought both.
+    items = [
+        {"id": "v1", "title": "violin rosin", "category": "music"},
+        {"id": "c1", "title": "cello strings", "category": "music"},
+        {"id": "g1", "title": "garden hose", "category": "home"},
+        {"id": "g2", "title": "garden rake", "category": "home"},
+        {"id": "v2", "title": "violin bow", "category": "music"},
+    ]
+    inter = [{"user_id": f"p{u}", "item_id": i, "rating": 5} for u in range(8) for i in ("v1", "c1")]
+    inter += [{"user_id": "me", "item_id": "v1", "rating": 5}]
+    cat, ints = write_jsonl(tmp_path / "c.jsonl", items), write_jsonl(tmp_path / "i.jsonl", inter)
+    rec = make_recommender()
+    report = rec.ingest(cat, interactions=ints)
+    assert report.hybrid.startswith("hybrid weights: defaults")  # 9 users: too few to tune
+    recs = rec.recommend("me", k=2)
+    # content-led defaults: the other violin item first, the co-bought strings next
+    assert recs.strategy == "hybrid" and [r.item.id for r in recs] == ["v2", "c1"]
+    content = make_recommender(hybrid=False).recommend("me", k=2)
+    assert content.strategy == "profile" and content[0].item.id == "v2"
+    # the weights travel with the data dir: another Recommender over it reads them
+    rec.storage.set_meta("hybrid", HybridWeights({"knn_decay": 1.0, "bert": 0.25}, "validation", 99, 0.5).to_json())
+    again = make_recommender()
+    assert again.hybrid_weights().weights == {"knn_decay": 1.0, "bert": 0.25}
+    assert again.recommend("me", k=1)[0].item.id == "c1"  # co-occurrence leads now
+    # filters and exclusions still hold on the hybrid path
+    home = again.recommend("me", k=5, category="home")
+    assert home and {r.item.category for r in home} == {"home"}
+    assert "v1" not in {r.item.id for r in rec.recommend("me", k=5)}
+
+
+def test_a_lone_user_gets_the_content_ranking(make_recommender, tmp_path: Path) -> None:
+    items = [{"id": f"i{j}", "title": f"thing {j}"} for j in range(4)]
+    cat = write_jsonl(tmp_path / "c.jsonl", items)
+    ints = write_jsonl(tmp_path / "i.jsonl", [{"user_id": "solo", "item_id": "i0", "rating": 5}])
+    rec = make_recommender()
+    rec.ingest(cat, interactions=ints)
+    assert rec.recommend("solo", k=2).strategy == "profile"  # nobody else's interactions to learn from
+
+
+@pytest.mark.parametrize("bad", ['{"weights": {}}', "not json"])
+def test_hybrid_weights_from_bad_json_raise(bad: str) -> None:
+    with pytest.raises((KeyError, ValueError)):
+        HybridWeights.from_json(bad)
