@@ -49,7 +49,7 @@ def test_runner_is_deterministic_and_beats_random(amazon_file: Path, tmp_path: P
     run_retrieval(data, tmp_path / "b", encoder=KeywordEmbedder(), seed=3)
     assert (tmp_path / "a" / "metrics.json").read_text() == (tmp_path / "b" / "metrics.json").read_text()
     methods = a["methods"]
-    assert set(methods) == {"random", "popularity", "item_knn", "item_knn_last20", "bert", "hybrid"}
+    assert set(methods) == {"random", "popularity", "item_knn", "item_knn_last20", "bert", "hybrid", "hybrid_mmr"}
     assert {
         "hr@10",
         "ndcg@10",
@@ -62,6 +62,8 @@ def test_runner_is_deterministic_and_beats_random(amazon_file: Path, tmp_path: P
     } <= set(methods["hybrid"])
     # users only ever meet their own group's items: co-occurrence finds the held-out item
     assert methods["item_knn"]["hr@5"] == 1.0 and methods["hybrid"]["hr@5"] == 1.0
+    # MMR re-orders the hybrid's candidates; here the target stays in the top 5
+    assert methods["hybrid_mmr"]["hr@5"] == 1.0
     assert (tmp_path / "a" / "report.md").read_text().startswith("# Retrieval evaluation")
     assert (tmp_path / "a" / "metrics_by_k.png").stat().st_size > 1000
 
@@ -98,3 +100,42 @@ def test_best_constant_picks_the_sentence_closest_to_the_validation_reviews() ->
     assert text == "Good strings. They stay in tune."
     assert score > 100.0  # BLEU-1 + ROUGE-L, each 0-100: near-perfect on the first reference
     assert best_constant(summaries, sentences, []) == ("", 0.0)
+
+
+def test_generation_eval_sharded_by_accelerate_equals_one_process(
+    amazon_file: Path, tmp_path: Path, tiny_gpt2: Path, tiny_bert: Path
+) -> None:
+    """Two processes (torchrun; accelerate's PartialState) write half the batches each and
+    the main one reports: the same metrics.json as one process."""
+    import os
+    import subprocess
+    import sys
+
+    config = tmp_path / "settings.toml"
+    config.write_text("generation_batch = 4\nmax_new_tokens = 8\nnum_candidates = 1\n")
+    common = [
+        "-m",
+        "recbot.cli",
+        "--config",
+        str(config),
+        "--encoder",
+        str(tiny_bert),
+        "eval",
+        "generation",
+        "--dataset",
+        f"amazon:{amazon_file}",
+        "--generator",
+        str(tiny_gpt2),
+        "--max-users",
+        "12",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, *common, "--out", str(tmp_path / "one")], env=env, capture_output=True)
+    assert one.returncode == 0, one.stderr.decode()[-2000:]
+    # torchrun is what `accelerate launch --multi_gpu` runs; on CPUs accelerate itself
+    # would need mpirun, so launch the processes with torchrun directly
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    two = subprocess.run([*launcher, *common, "--out", str(tmp_path / "two")], env=env, capture_output=True)
+    assert two.returncode == 0, two.stderr.decode()[-2000:]
+    assert "process 1 wrote 1 of 3 batches" in two.stderr.decode()  # the second process did its share
+    assert (tmp_path / "one" / "metrics.json").read_text() == (tmp_path / "two" / "metrics.json").read_text()

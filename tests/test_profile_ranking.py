@@ -9,7 +9,7 @@ from recbot.retrieval.profile import (
     recency_weights,
     with_reviews,
 )
-from recbot.retrieval.ranking import mmr, top_reasons
+from recbot.retrieval.ranking import mmr, top_reasons, unit_range
 
 E = np.eye(3, dtype=np.float32)
 
@@ -66,3 +66,9 @@ def test_top_reasons_ranks_by_weighted_similarity() -> None:
     assert reasons[0][1] == pytest.approx(0.8)
     # disliked (weight 0) and orthogonal items are never reasons
     assert top_reasons(np.array([0.0, 1.0]), history[:1], np.array([1.0]), n=2) == []
+
+
+def test_unit_range() -> None:
+    np.testing.assert_allclose(unit_range(np.array([2.0, 4.0, 3.0])), [0.0, 1.0, 0.5])
+    assert unit_range(np.array([7.0, 7.0])).tolist() == [1.0, 1.0]
+    assert unit_range(np.array([])).tolist() == []

@@ -230,11 +230,18 @@ def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
 def _eval_generation(args: argparse.Namespace, settings: Settings, data: Any, started: float) -> int:
     import time
 
+    import torch
+    from accelerate import PartialState
+
     from recbot.eval.generation import run_generation
     from recbot.generation.writer import GPT2Writer, resolve_generator
     from recbot.recommender import make_embedder
 
     settings = settings.replace(generator=args.generator or settings.generator)
+    # under `accelerate launch --multi_gpu` or `torchrun`: one shard of the blurbs per process
+    state = PartialState(cpu=not torch.cuda.is_available())
+    if state.num_processes > 1 and state.device.type != "cpu":
+        settings = settings.replace(device=str(state.device))
     name = resolve_generator(settings)
     card_path = Path(name) / "card.json"
     card = json.loads(card_path.read_text()) if card_path.exists() else None
@@ -248,6 +255,8 @@ def _eval_generation(args: argparse.Namespace, settings: Settings, data: Any, st
         max_users=args.max_users,
         generator_card=card,
     )
+    if result is None:
+        return 0  # a helper process of `accelerate launch`; the main one reports
     cols = ["bleu1", "bleu4", "rouge1", "rouge2", "rougeL", "usr", "fmr", "distinct2", "personalisation"]
     print(f"{args.dataset}: {result['protocol']['users']} users; generator {name}")
     print(f"{'method':<12} " + " ".join(f"{c:>9}" for c in cols))

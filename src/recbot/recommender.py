@@ -17,7 +17,7 @@ from recbot.ingest import IngestReport, ingest
 from recbot.retrieval.embedder import BUNDLED_ENCODER_ID, Embedder, LazyEmbedder
 from recbot.retrieval.hybrid import DEFAULT_WEIGHTS, CollabModel, HybridWeights, score_user, tune
 from recbot.retrieval.profile import blend_query, build_profile, rating_weights, recency_weights, with_reviews
-from recbot.retrieval.ranking import mmr, top_reasons
+from recbot.retrieval.ranking import mmr, top_reasons, unit_range
 from recbot.retrieval.store import ChromaStore, Filters, Snapshot, VectorStore, make_client
 from recbot.storage import Storage
 from recbot.types import Interaction, Item, Reason, Recommendation
@@ -210,7 +210,7 @@ class Recommender:
         keep = [j for j, i in enumerate(ids) if i in vectors]
         ids, relevance = [ids[j] for j in keep], relevance[keep]
         cand = np.stack([vectors[i] for i in ids]) if ids else np.zeros((0, 1), dtype=np.float32)
-        order = mmr(cand, _unit_range(relevance) if hybrid is not None else relevance, k, lam)
+        order = mmr(cand, unit_range(relevance) if hybrid is not None else relevance, k, lam)
         positive = np.where(weights > 0, weights, 0.0)
         recs = []
         for rank, j in enumerate(order, start=1):
@@ -427,14 +427,6 @@ class Recommender:
         ids = ids[: self.settings.candidates]
         top = max((pop.get(i, 0) for i in ids), default=0) or 1
         return ids, np.array([pop.get(i, 0) / top for i in ids])
-
-
-def _unit_range(x: np.ndarray) -> np.ndarray:
-    """Min-max to [0, 1], so MMR trades hybrid scores against cosines on one scale."""
-    if len(x) == 0:
-        return x
-    span = float(x.max() - x.min())
-    return (x - x.min()) / span if span > 0 else np.ones_like(x)
 
 
 def _matches(item: Item, filters: Mapping[str, Any]) -> bool:

@@ -73,9 +73,13 @@ def run_generation(
     seed: int = 0,
     max_users: int | None = None,
     generator_card: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
     """Blurbs for held-out items, with overlap, diversity, feature, grounding and
-    personalisation metrics, next to template, copy-a-review and constant baselines."""
+    personalisation metrics, next to template, copy-a-review and constant baselines.
+
+    Under ``accelerate launch`` the blurbs are written by every process (see
+    ``write_sharded``) and the main process scores and writes the report; the others
+    return None."""
     started = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -99,7 +103,10 @@ def run_generation(
         because = (Reason(best.item_id, items[best.item_id].title, float(np.max(sims))),)
         jobs.append(([(items[h.item_id], h) for h in hist], Recommendation(target, 0.0, 1, because)))
     logger.info("writing %d blurbs", len(jobs))
-    written = writer.write_many(jobs, items)
+    shard = write_sharded(writer, jobs, items)
+    if shard is None:
+        return None  # another process of `accelerate launch` reports
+    written = shard
     refs = [reference_text(split.held_out[u].review or "") for u in users]
     openings = [writer.prompt_for(h, r, items).opening for h, r in jobs]
     recbot_hyps = [_continuation(r.blurb or "", o) for r, o in zip(written, openings, strict=True)]
@@ -182,6 +189,36 @@ def run_generation(
     _plot_lengths({"recbot": recbot_hyps, "reference": refs, "copy_review": copy_hyps}, out / "blurb_lengths.png")
     result["_seconds"] = seconds
     return result
+
+
+def write_sharded(
+    writer: Any, jobs: Sequence[tuple[Any, Recommendation]], catalog: Mapping[str, Item]
+) -> list[Recommendation] | None:
+    """``writer.write_many(jobs)``, shared out between the processes of ``accelerate
+    launch --multi_gpu`` (or ``torchrun`` on CPUs): batches of ``generation_batch`` jobs
+    go round-robin to the processes and are gathered on the main one (the others get
+    None). Each batch is seeded the same way wherever it runs, so the blurbs equal a
+    one-process run on the same device and dtype."""
+    import torch
+    from accelerate import PartialState
+
+    state = PartialState(cpu=not torch.cuda.is_available())  # CPUs only: gloo between processes
+    if state.num_processes == 1:
+        return list(writer.write_many(jobs, catalog))
+    from accelerate.utils import gather_object
+
+    step = max(1, writer.settings.generation_batch)
+    batches = [jobs[i : i + step] for i in range(0, len(jobs), step)]
+    mine = {
+        k: writer.write_many(batches[k], catalog) for k in range(state.process_index, len(batches), state.num_processes)
+    }
+    logger.info("process %d wrote %d of %d batches", state.process_index, len(mine), len(batches))
+    merged: dict[int, list[Recommendation]] = {}
+    for part in gather_object([mine]):
+        merged.update(part)
+    if not state.is_main_process:
+        return None
+    return [rec for k in range(len(batches)) for rec in merged[k]]
 
 
 def best_constant(

@@ -16,10 +16,12 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from recbot.config import Settings
 from recbot.eval.baselines import Components, components
 from recbot.eval.data import Dataset, Split
 from recbot.eval.ranking import f1_at_k, hit_rate_at_k, mrr_at_k, ndcg_at_k, precision_at_k, recall_at_k
 from recbot.retrieval.hybrid import blend, choose_weights, top_k
+from recbot.retrieval.ranking import mmr, unit_range
 
 __all__ = ["run_retrieval"]
 
@@ -57,12 +59,24 @@ def _embed(texts: Sequence[str], encoder: Any) -> np.ndarray:
 
 def _components(
     data: Dataset, split: Split, users: Sequence[str], encoder: Any, cache: dict[str, np.ndarray]
-) -> Components:
+) -> tuple[Components, np.ndarray]:
     texts = [split.item_text[i] for i in data.items]
     key = str(hash(tuple(texts)))
     if key not in cache:
         cache[key] = _embed(texts, encoder)
-    return components(users, data.items, split.train, cache[key])
+    return components(users, data.items, split.train, cache[key]), cache[key]
+
+
+def with_mmr(scores: np.ndarray, seen: Any, vectors: np.ndarray, k: int) -> np.ndarray:
+    """What ``recommend`` returns: MMR (Settings' lambda) over each user's top candidates."""
+    settings = Settings()
+    pool = top_k(scores, seen, settings.candidates, exact=True)
+    return np.array(
+        [
+            row[mmr(vectors[row], unit_range(s[row]), k, settings.mmr_lambda)]
+            for row, s in zip(pool, scores, strict=True)
+        ]
+    )
 
 
 def choose(
@@ -79,7 +93,8 @@ def choose(
 def run_retrieval(
     data: Dataset, out_dir: str | Path, *, encoder: Any, seed: int = 0, max_users: int | None = None
 ) -> dict[str, Any]:
-    """Evaluate random, popularity, item-kNN (full and last 20), BERT and hybrid."""
+    """Evaluate random, popularity, item-kNN (full and last 20), BERT, hybrid, and the
+    hybrid as ``recommend`` serves it (MMR-diversified: ``hybrid_mmr``)."""
     started = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -92,9 +107,9 @@ def run_retrieval(
     cache: dict[str, np.ndarray] = {}
     logger.info("validation split: choosing hybrid weights on %d users", len(users))
     weights, valid_ndcg = choose(
-        _components(data, data.valid, users, encoder, cache), data.items, data.valid.held_out, users
+        _components(data, data.valid, users, encoder, cache)[0], data.items, data.valid.held_out, users
     )
-    comp = _components(data, data.test, users_test, encoder, cache)
+    comp, vectors = _components(data, data.test, users_test, encoder, cache)
     pop = comp.popularity
     scores = {
         "random": rng.random((len(users_test), len(data.items))),
@@ -104,10 +119,9 @@ def run_retrieval(
         "bert": comp.parts["bert"],
         "hybrid": blend(comp.parts, weights),
     }
-    methods = {
-        name: measure(top_k(s, comp.seen, max(KS)), users_test, data.items, data.test.held_out, pop)
-        for name, s in scores.items()
-    }
+    tops = {name: top_k(s, comp.seen, max(KS)) for name, s in scores.items()}
+    tops["hybrid_mmr"] = with_mmr(scores["hybrid"], comp.seen, vectors, max(KS))
+    methods = {name: measure(top, users_test, data.items, data.test.held_out, pop) for name, top in tops.items()}
     result = {
         "dataset": data.spec,
         "protocol": {**data.protocol, "evaluated_users": len(users_test), "ks": list(KS)},

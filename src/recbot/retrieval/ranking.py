@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["mmr", "top_reasons"]
+__all__ = ["mmr", "top_reasons", "unit_range"]
 
 
 def mmr(vectors: np.ndarray, relevance: np.ndarray, k: int, lambda_: float) -> list[int]:
@@ -54,3 +54,13 @@ def top_reasons(candidate: np.ndarray, history: np.ndarray, weights: np.ndarray,
     contribution = np.asarray(weights, dtype=np.float64) * sims
     order = np.argsort(-contribution, kind="stable")
     return [(int(i), float(sims[i])) for i in order[:n] if weights[i] > 0 and sims[i] > 0]
+
+
+def unit_range(x: np.ndarray) -> np.ndarray:
+    """Min-max to [0, 1] (all ones when constant), so MMR can trade a score on any scale
+    against cosines."""
+    x = np.asarray(x, dtype=np.float64)
+    if len(x) == 0:
+        return x
+    span = float(x.max() - x.min())
+    return (x - x.min()) / span if span > 0 else np.ones_like(x)
