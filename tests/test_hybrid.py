@@ -37,6 +37,14 @@ def test_knn_is_the_sum_of_item_cosines_to_the_users_items() -> None:
     np.testing.assert_allclose(knn[1], 2 / np.sqrt(6) + 1 / np.sqrt(3), rtol=1e-6)
 
 
+def test_together_counts_users_with_both_items() -> None:
+    model = CollabModel.fit([hist("u1", "a", "b"), hist("u2", "a", "b"), hist("u3", "b", "c")], ["a", "b", "c"])
+    counts, cosines = model.together(["a", "c", "unknown"], "b")
+    assert counts.tolist() == [2.0, 1.0, 0.0]
+    np.testing.assert_allclose(cosines, [2 / np.sqrt(6), 1 / np.sqrt(3), 0.0], rtol=1e-6)
+    assert model.together(["a"], "unknown")[0].tolist() == [0.0]
+
+
 def test_transition_counts_what_came_next_in_others_sequences() -> None:
     model = CollabModel.fit([hist("u1", "a", "b"), hist("u2", "a", "c"), hist("u3", "a", "c")], ["a", "b", "c"])
     # after a: b once, c twice (row-normalised); a user whose last item is a
@@ -132,7 +140,10 @@ def test_recommend_uses_co_occurrence_and_stores_weights_with_the_index(make_rec
     rec.storage.set_meta("hybrid", HybridWeights({"knn_decay": 1.0, "bert": 0.25}, "validation", 99, 0.5).to_json())
     again = make_recommender()
     assert again.hybrid_weights().weights == {"knn_decay": 1.0, "bert": 0.25}
-    assert again.recommend("me", k=1)[0].item.id == "c1"  # co-occurrence leads now
+    top = again.recommend("me", k=1)[0]
+    assert top.item.id == "c1"  # co-occurrence leads now
+    assert [(b.item_id, b.also_liked_by) for b in top.because] == [("v1", 8)]  # the 8 players
+    assert "8 others have both" in top.because[0].describe()
     # filters and exclusions still hold on the hybrid path
     home = again.recommend("me", k=5, category="home")
     assert home and {r.item.category for r in home} == {"home"}

@@ -66,7 +66,7 @@ def test_json_shape(toy_recommender) -> None:
     assert set(out) == {"user_id", "query", "strategy", "recommendations"}
     rec = out["recommendations"][0]
     assert set(rec) == {"item_id", "title", "score", "rank", "because", "blurb", "grounded"}
-    assert set(rec["because"][0]) == {"item_id", "title", "similarity"}
+    assert set(rec["because"][0]) == {"item_id", "title", "similarity", "also_liked_by"}
     assert rec["blurb"] is None
 
 

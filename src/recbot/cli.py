@@ -163,7 +163,7 @@ def _print_recs(recs: Recommendations) -> None:
     for rec in recs:
         print(f"{rec.rank:>2}. {rec.item.title}  [{rec.item.category}]  score {rec.score:.3f}")
         if rec.because:
-            print("    because you liked: " + "; ".join(f"{r.title} ({r.similarity:.2f})" for r in rec.because))
+            print("    because you liked: " + "; ".join(r.describe() for r in rec.because))
         if rec.blurb:
             print(f"    {rec.blurb}")
 

@@ -214,8 +214,13 @@ class Recommender:
         positive = np.where(weights > 0, weights, 0.0)
         recs = []
         for rank, j in enumerate(order, start=1):
-            reasons = top_reasons(cand[j], hist_vectors, positive, self.settings.reasons_per_item)
-            because = tuple(Reason(history[h].item_id, catalog[history[h].item_id].title, s) for h, s in reasons)
+            counts, extra = np.zeros(len(history)), None
+            if hybrid is not None:  # co-occurrence is evidence too: "others have both"
+                counts, extra = hybrid[1].together([h.item_id for h in history], ids[j])
+            reasons = top_reasons(cand[j], hist_vectors, positive, self.settings.reasons_per_item, extra)
+            because = tuple(
+                Reason(history[h].item_id, catalog[history[h].item_id].title, s, int(counts[h])) for h, s in reasons
+            )
             recs.append(Recommendation(item=catalog[ids[j]], score=float(relevance[j]), rank=rank, because=because))
         if blurbs and self.writer is not None and recs:
             recs = self.writer.write([(catalog[h.item_id], h) for h in history], recs, catalog)
@@ -305,8 +310,10 @@ class Recommender:
 
     def hybrid_weights(self) -> HybridWeights:
         """The blend weights ``recommend`` uses (stored by ``tune``; defaults before)."""
-        stored = self.storage.get_meta("hybrid")
-        return HybridWeights.from_json(stored) if stored else HybridWeights(dict(DEFAULT_WEIGHTS), "default", 0)
+        stored = HybridWeights.from_json(raw) if (raw := self.storage.get_meta("hybrid")) else None
+        if stored is None or stored.source == "default":  # this version's defaults, not an older one's
+            return HybridWeights(dict(DEFAULT_WEIGHTS), "default", stored.users if stored else 0)
+        return stored
 
     # -- state the surfaces change --
     def add_feedback(self, user_id: str, item_id: str, liked: bool) -> None:

@@ -62,10 +62,21 @@ class Reason:
 
     item_id: str
     title: str
-    similarity: float
+    similarity: float  # cosine between the two items' text embeddings
+    also_liked_by: int = 0  # other users with both items in their history (hybrid ranking)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"item_id": self.item_id, "title": self.title, "similarity": round(self.similarity, 4)}
+        return {
+            "item_id": self.item_id,
+            "title": self.title,
+            "similarity": round(self.similarity, 4),
+            "also_liked_by": self.also_liked_by,
+        }
+
+    def describe(self) -> str:
+        """``Title (0.61)`` or ``Title (0.61; 12 others have both)``."""
+        both = f"; {self.also_liked_by} others have both" if self.also_liked_by else ""
+        return f"{self.title} ({self.similarity:.2f}{both})"
 
 
 @dataclass(frozen=True, slots=True)

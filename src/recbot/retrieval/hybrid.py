@@ -155,6 +155,21 @@ class CollabModel:
             self._transposed = self.matrix.T.tocsr()
         return self._transposed
 
+    def together(self, items: Sequence[str], item: str) -> tuple[np.ndarray, np.ndarray]:
+        """For each of ``items``: how many users have both it and ``item``, and the
+        item-kNN cosine between the two (zeros for items the model does not know)."""
+        counts = np.zeros(len(items))
+        cosines = np.zeros(len(items))
+        j = self.index.get(item)
+        known = [(k, self.index[i]) for k, i in enumerate(items) if i in self.index]
+        if j is None or not known:
+            return counts, cosines
+        at, rows = (list(x) for x in zip(*known, strict=True))
+        both = np.asarray((self._matrix_t[rows] @ self._matrix_t[j].T).toarray()).ravel()
+        counts[at] = both
+        cosines[at] = both / np.sqrt(np.maximum(self.popularity[rows], 1.0) * max(float(self.popularity[j]), 1.0))
+        return counts, cosines
+
     def scores(self, histories: Sequence[Sequence[Interaction]]) -> dict[str, np.ndarray]:
         """The collaborative components (all but ``bert``), each (len(histories), n_items)."""
         h, idx, n = histories, self.index, len(histories)

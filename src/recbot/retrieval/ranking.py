@@ -42,18 +42,22 @@ def mmr(vectors: np.ndarray, relevance: np.ndarray, k: int, lambda_: float) -> l
     return picked
 
 
-def top_reasons(candidate: np.ndarray, history: np.ndarray, weights: np.ndarray, n: int) -> list[tuple[int, float]]:
+def top_reasons(
+    candidate: np.ndarray, history: np.ndarray, weights: np.ndarray, n: int, extra: np.ndarray | None = None
+) -> list[tuple[int, float]]:
     """The history items that contributed most to ``candidate``: ``(index, cosine)`` pairs.
 
-    Contribution is ``weight * cosine``; only liked history items (weight > 0) with a
-    positive cosine can be a reason.
+    Contribution is ``weight * (cosine + extra)``, where ``extra`` is other evidence per
+    history item (the hybrid passes the item-kNN cosine); only liked history items
+    (weight > 0) with positive evidence can be a reason.
     """
     if len(history) == 0 or n <= 0:
         return []
     sims = np.asarray(history, dtype=np.float64) @ np.asarray(candidate, dtype=np.float64)
-    contribution = np.asarray(weights, dtype=np.float64) * sims
+    evidence = sims if extra is None else sims + np.asarray(extra, dtype=np.float64)
+    contribution = np.asarray(weights, dtype=np.float64) * evidence
     order = np.argsort(-contribution, kind="stable")
-    return [(int(i), float(sims[i])) for i in order[:n] if weights[i] > 0 and sims[i] > 0]
+    return [(int(i), float(sims[i])) for i in order[:n] if weights[i] > 0 and evidence[i] > 0]
 
 
 def unit_range(x: np.ndarray) -> np.ndarray:

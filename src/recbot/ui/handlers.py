@@ -35,9 +35,7 @@ def escape_text(text: str) -> str:
 def format_recommendation(rec: Recommendation, blurb: str | None) -> str:
     lines = [f"**{escape_text(rec.item.title)}** · {escape_text(rec.item.category)} · score {rec.score:.2f}"]
     if rec.because:
-        lines.append(
-            "*because you liked " + ", ".join(f"{escape_text(b.title)} ({b.similarity:.2f})" for b in rec.because) + "*"
-        )
+        lines.append("*because you liked " + ", ".join(escape_text(b.describe()) for b in rec.because) + "*")
     if blurb:
         lines.append(escape_text(blurb))
     return "\n\n".join(lines)
