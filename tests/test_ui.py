@@ -50,6 +50,18 @@ def test_escape_text_shows_markup_as_text() -> None:
     assert escape_text("**Dune** [link](http://x)") == "\\*\\*Dune\\*\\* \\[link\\]\\(http://x\\)"
 
 
+def test_cards_show_a_cosine_score_but_not_the_hybrids() -> None:
+    from recbot.types import Item, Reason, Recommendation
+    from recbot.ui.handlers import format_recommendation
+
+    rec = Recommendation(Item("a", "Alpha", category="books"), -0.34, 3, (Reason("b", "Beta", 0.5, 7),))
+    assert format_recommendation(rec, None).startswith("**Alpha** · books · score -0.34")
+    card = format_recommendation(rec, "A blurb.", show_score=False)
+    assert card.splitlines()[0] == "**Alpha** · books"
+    assert "*because you liked Beta \\(0\\.50; 7 others have both\\)*" in card  # Markdown-escaped
+    assert card.endswith("A blurb\\.")
+
+
 def test_a_turn_streams_then_feedback_changes_the_next_turn(handlers: ChatHandlers) -> None:
     session, chat, status = handlers.start("baker")
     assert "baker" in status and chat == []
@@ -169,7 +181,7 @@ def _wait_for_answer(page: Any, turn: int) -> list[str]:
                 && recs.every(r => !r.innerText.includes('…') && r.innerText.includes('because you liked'));
         }""",
         arg=turn,
-        timeout=60_000,
+        timeout=120_000,  # generous: the machine may be busy; this waits, it does not time anything
     )
     rows = page.locator("#chat .message-row")
     users = [i for i in range(rows.count()) if rows.nth(i).locator("[data-testid=user]").count()]
@@ -225,8 +237,11 @@ def test_browser_session(server: tuple[str, ConnectionLog, Recommender]) -> None
 
         page.fill("#ask textarea", "space robots")
         page.click("#send")
+        page.wait_for_function("document.querySelector('#ask textarea').value === ''")  # taken at once
+        page.fill("#ask textarea", "typed while it answers")
         second = _wait_for_answer(page, 2)
         assert second and disliked not in second
+        assert page.input_value("#ask textarea") == "typed while it answers"  # not wiped when the answer ends
 
         page.fill("#ask textarea", "haunted lighthouse")
         page.click("#send")

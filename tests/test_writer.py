@@ -68,6 +68,32 @@ def test_stream_yields_opening_then_the_same_text_as_generate(toy_recommender, t
     assert raw.startswith("".join(pieces[1:]))
 
 
+def test_a_failing_generation_is_raised_not_waited_for(toy_recommender, writer, monkeypatch) -> None:
+    import threading
+
+    recs, history, catalog = _recs_and_context(toy_recommender, k=1)
+    prompt = writer.prompt_for(history, recs[0], catalog)
+
+    def boom(**kwargs):
+        raise RuntimeError("out of memory, say")
+
+    monkeypatch.setattr(writer.model, "generate", boom)
+    outcome: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            list(writer.stream(prompt))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    reader = threading.Thread(target=read, daemon=True)  # a regression would block forever: bound it
+    reader.start()
+    reader.join(timeout=30)
+    assert not reader.is_alive(), "the reader still waits for text from a dead generation thread"
+    assert len(outcome) == 1 and "out of memory" in str(outcome[0])
+    assert not writer._lock.locked()  # the next blurb can still be written
+
+
 def test_recommender_fills_blurbs_only_when_asked(toy_recommender, tiny_gpt2) -> None:
     toy_recommender.writer = LazyWriter(toy_recommender.settings.replace(generator=str(tiny_gpt2), max_new_tokens=8))
     plain = toy_recommender.recommend("spacefan", k=2, blurbs=False)

@@ -240,20 +240,26 @@ class GPT2Writer:
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=False)
         batch = self.tokenizer([prompt.text], return_tensors="pt")
 
+        failed: list[BaseException] = []
+
         def run() -> None:
-            with self._lock, torch.inference_mode():
-                torch.manual_seed(self.settings.seed)
-                self.model.generate(
-                    **batch,
-                    streamer=streamer,
-                    max_new_tokens=self.settings.max_new_tokens,
-                    do_sample=self.settings.temperature > 0,
-                    temperature=self.settings.temperature if self.settings.temperature > 0 else None,
-                    top_p=self.settings.top_p if self.settings.temperature > 0 else None,
-                    logits_processor=self._processors(batch["input_ids"].shape[1], [source] if source else None, 1),
-                    pad_token_id=self.tokenizer.pad_token_id,
-                    eos_token_id=self.tokenizer.eos_token_id,
-                )
+            try:
+                with self._lock, torch.inference_mode():
+                    torch.manual_seed(self.settings.seed)
+                    self.model.generate(
+                        **batch,
+                        streamer=streamer,
+                        max_new_tokens=self.settings.max_new_tokens,
+                        do_sample=self.settings.temperature > 0,
+                        temperature=self.settings.temperature if self.settings.temperature > 0 else None,
+                        top_p=self.settings.top_p if self.settings.temperature > 0 else None,
+                        logits_processor=self._processors(batch["input_ids"].shape[1], [source] if source else None, 1),
+                        pad_token_id=self.tokenizer.pad_token_id,
+                        eos_token_id=self.tokenizer.eos_token_id,
+                    )
+            except BaseException as exc:  # handed to the reader: a dead thread must not leave it waiting forever
+                failed.append(exc)
+                streamer.end()
 
         thread = threading.Thread(target=run, daemon=True)
         thread.start()
@@ -266,6 +272,8 @@ class GPT2Writer:
                 break
             yield piece
         thread.join()
+        if failed:
+            raise failed[0]
 
     def stream_write(
         self,

@@ -72,10 +72,13 @@ def build_demo(recommender: "Recommender", *, blurbs: bool = True, handlers: Cha
         def on_send(message: str, messages: list[dict[str, Any]], s: Session, n: int, cat: str, sur: bool) -> Any:
             yield from h.respond(message, messages, s, n, cat, sur)
 
+        # Take the ask and clear the box at once, then answer: clearing after the answer
+        # streamed would wipe whatever the user typed meanwhile.
+        pending = gr.State("")
         for trigger in (send.click, ask.submit):
-            trigger(
-                on_send, [ask, chat, session, k, category, surprise], [chat, session], api_visibility="private"
-            ).then(lambda: "", None, [ask], api_visibility="private")
+            trigger(lambda text: (text, ""), [ask], [pending, ask], queue=False, api_visibility="private").then(
+                on_send, [pending, chat, session, k, category, surprise], [chat, session], api_visibility="private"
+            )
 
         def on_like(s: Session, data: gr.LikeData) -> tuple[Any, ...]:
             index = data.index[0] if isinstance(data.index, (list, tuple)) else data.index

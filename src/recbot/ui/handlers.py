@@ -10,6 +10,7 @@ import re
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from importlib import resources
 from typing import Any
 
@@ -32,8 +33,11 @@ def escape_text(text: str) -> str:
     return html.escape(_MD_SPECIAL.sub(r"\\\1", text), quote=False)
 
 
-def format_recommendation(rec: Recommendation, blurb: str | None) -> str:
-    lines = [f"**{escape_text(rec.item.title)}** · {escape_text(rec.item.category)} · score {rec.score:.2f}"]
+def format_recommendation(rec: Recommendation, blurb: str | None, *, show_score: bool = True) -> str:
+    """One chat card. ``show_score``: a cosine reads as a match; the hybrid's blended
+    score (standard deviations, often negative down the list) does not, so it is left out."""
+    score = f" · score {rec.score:.2f}" if show_score else ""
+    lines = [f"**{escape_text(rec.item.title)}** · {escape_text(rec.item.category)}{score}"]
     if rec.because:
         lines.append("*because you liked " + ", ".join(escape_text(b.describe()) for b in rec.because) + "*")
     if blurb:
@@ -123,8 +127,9 @@ class ChatHandlers:
             chat.append({"role": "assistant", "content": "Nothing matched; try another category or ask."})
         first = len(chat)
         shown = dict(session.shown)
+        card = partial(format_recommendation, show_score=not recs.strategy.startswith("hybrid"))
         for i, r in enumerate(recs):
-            chat.append({"role": "assistant", "content": format_recommendation(r, "…" if self.blurbs else None)})
+            chat.append({"role": "assistant", "content": card(r, "…" if self.blurbs else None)})
             shown[first + i] = r.item.id
         session = Session(user, shown)
         yield list(chat), session
@@ -137,14 +142,14 @@ class ChatHandlers:
             writer = None
         if writer is None:
             for i, r in enumerate(recs):
-                chat[first + i] = {"role": "assistant", "content": format_recommendation(r, None)}
+                chat[first + i] = {"role": "assistant", "content": card(r, None)}
             yield list(chat), session
             return
         history = self.rec.history(user)
         catalog = self.rec.storage.items()
         for i, r in enumerate(recs):
             for text, _done in writer.stream_write(history, r, catalog):
-                chat[first + i] = {"role": "assistant", "content": format_recommendation(r, text)}
+                chat[first + i] = {"role": "assistant", "content": card(r, text)}
                 yield list(chat), session
 
     # -- feedback and history --
