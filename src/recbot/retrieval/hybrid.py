@@ -114,7 +114,7 @@ class CollabModel:
     matrix: sparse.csr_matrix
     popularity: np.ndarray
     transition: sparse.csr_matrix
-    _transposed: sparse.csr_matrix | None = field(default=None, repr=False)
+    _transposed: sparse.csr_matrix | None = field(default=None, init=False, repr=False)  # lazy Xᵀ
 
     @classmethod
     def fit(cls, histories: Iterable[Sequence[Interaction]], items: Sequence[str]) -> CollabModel:
