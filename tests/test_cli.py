@@ -149,13 +149,18 @@ def test_fine_tune_from_a_local_gpt2(tmp_path: Path, toy_recommender, tiny_gpt2:
     assert (tmp_path / "ft" / "model.safetensors").exists()
 
 
-def test_missing_generator_is_one_clear_error(tmp_path: Path, capsys, tiny_bert: Path, monkeypatch) -> None:
+def test_missing_generator_gives_template_blurbs_and_one_notice(
+    tmp_path: Path, capsys, tiny_bert: Path, monkeypatch
+) -> None:
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     data = cli_ingest(tmp_path, tiny_bert)
     capsys.readouterr()
-    assert main(["--data-dir", data, "recommend", "--user", "spacefan"]) == 1
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("ModelNotFoundError:") and "recbot train-generator" in err[0]
+    assert main(["--data-dir", data, "recommend", "--user", "spacefan", "-k", "2", "--json"]) == 0
+    captured = capsys.readouterr()
+    recs = json.loads(captured.out)["recommendations"]
+    assert len(recs) == 2 and all(r["blurb"] and r["blurb_source"] == "template" for r in recs)
+    notices = [line for line in captured.err.splitlines() if "template blurbs" in line]
+    assert len(notices) == 1 and "recbot train-generator" in notices[0]
 
 
 def test_help_is_fast() -> None:

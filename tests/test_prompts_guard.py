@@ -48,7 +48,9 @@ def test_item_text_is_data_and_cannot_change_the_frame() -> None:
 def test_finish_cuts_at_markers_sentences_and_repeats() -> None:
     assert finish(" is great. Really great.<|endoftext|> junk", max_chars=200) == "is great. Really great."
     assert finish(" is great. is great. is great. Fun.", max_chars=200) == "is great. Fun."
-    assert finish(" it keeps going and going", max_chars=200) == "it keeps going and going."
+    assert finish(" it keeps going and going", max_chars=200) == ""  # never cut mid-phrase and patched
+    assert finish(" Stops here. And then it", max_chars=200) == "Stops here."
+    assert finish(' You wrote of it: "Daft." More.', max_chars=200) == 'You wrote of it: "Daft." More.'
     assert finish(" One. Two two two. Three three three three.", max_chars=20) == "One. Two two two."
     assert finish("\nnext line", max_chars=50) == ""
 
@@ -96,12 +98,3 @@ def test_template_always_passes(item: Item) -> None:
     text = template_blurb(item, DUNE if item is not DUNE else WILD, INDEX, allowed={"b1", "b2"})
     assert check_blurb(text, item, INDEX, allowed={"b1", "b2"}, min_words=1).ok, text
     assert fact_continuation(item).startswith(" ")
-
-
-def test_trim_ungrounded_cuts_at_the_first_drifting_sentence() -> None:
-    from recbot.generation.writer import trim_ungrounded
-
-    source = "Disco Elysium. A shambling detective with amnesia solves a murder in a broken city."
-    text = "is worth a look. A detective solves a murder. The gentlest film imaginable. A broken city."
-    assert trim_ungrounded(text, source) == "is worth a look. A detective solves a murder."
-    assert trim_ungrounded("Totally unrelated words here.", source) == ""

@@ -65,7 +65,7 @@ def test_json_shape(toy_recommender) -> None:
     out = toy_recommender.recommend("spacefan", k=2).to_dict()
     assert set(out) == {"user_id", "query", "strategy", "recommendations"}
     rec = out["recommendations"][0]
-    assert set(rec) == {"item_id", "title", "score", "rank", "because", "blurb", "grounded"}
+    assert set(rec) == {"item_id", "title", "score", "rank", "because", "blurb", "blurb_source", "grounded"}
     assert set(rec["because"][0]) == {"item_id", "title", "similarity", "also_liked_by"}
     assert rec["blurb"] is None
 

@@ -39,8 +39,8 @@ def test_every_final_blurb_passes_the_guard_in_one_batched_call(toy_recommender,
     for before, after in zip(recs, out, strict=True):
         assert after.item == before.item and after.blurb
         assert check_blurb(after.blurb, after.item, index, allowed=allowed, min_words=1).ok
-        assert after.grounded in (True, False)
-        assert (after.blurb_note is None) == after.grounded
+        assert after.blurb_source in ("generated", "template")
+        assert (after.blurb_note is None) == (after.blurb_source == "generated")
 
 
 def test_same_seed_same_blurbs(toy_recommender, writer) -> None:
@@ -61,18 +61,18 @@ def test_fp32_left_padded_batch_matches_one_at_a_time_greedy(toy_recommender, ti
 def test_stream_yields_opening_then_the_same_text_as_generate(toy_recommender, tiny_gpt2) -> None:
     greedy = GPT2Writer.load(str(tiny_gpt2), Settings.create(max_new_tokens=10, temperature=0.0))
     recs, history, catalog = _recs_and_context(toy_recommender, k=1)
-    prompt = greedy.prompt_for(history, recs[0], catalog)
-    pieces = list(greedy.stream(prompt))
-    assert pieces[0] == prompt.opening
-    raw = greedy.generate([prompt.text])[0][0]
-    assert raw.startswith("".join(pieces[1:]))
+    job = greedy.job(history, recs[0], catalog)
+    pieces = list(greedy.stream(job))
+    assert pieces[0] == job.prompt.opening
+    raw = greedy.generate([job.prompt.text], sources=[job.source], supports=[job.support], leads=[job.prompt.opening])
+    assert raw[0][0].startswith("".join(pieces[1:]))
 
 
 def test_a_failing_generation_is_raised_not_waited_for(toy_recommender, writer, monkeypatch) -> None:
     import threading
 
     recs, history, catalog = _recs_and_context(toy_recommender, k=1)
-    prompt = writer.prompt_for(history, recs[0], catalog)
+    job = writer.job(history, recs[0], catalog)
 
     def boom(**kwargs):
         raise RuntimeError("out of memory, say")
@@ -82,7 +82,7 @@ def test_a_failing_generation_is_raised_not_waited_for(toy_recommender, writer, 
 
     def read() -> None:
         try:
-            list(writer.stream(prompt))
+            list(writer.stream(job))
         except BaseException as exc:
             outcome.append(exc)
 

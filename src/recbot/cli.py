@@ -84,7 +84,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", default="auto", help="auto | scratch | a GPT-2 model id or path to fine-tune")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--max-steps", type=int, default=None)
-    p.add_argument("--time-budget", type=float, default=None, help="stop after this many seconds of training")
+    p.add_argument("--eval-every", type=int, default=50, help="steps between held-out checks (convergence)")
+    p.add_argument("--patience", type=int, default=2, help="stop after this many checks without improvement")
+    p.add_argument(
+        "--targets", choices=["auto", "facts", "reviews"], default="auto", help="what the model learns to write"
+    )
+    p.add_argument(
+        "--time-budget",
+        type=float,
+        default=None,
+        help="also stop after this many seconds (off by default: the result then depends on the machine's speed)",
+    )
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--holdout-last", action="store_true", help="hold out each user's last interaction for evaluation")
     p.add_argument("--augment", type=int, default=3, help="fact-based examples per catalog item")
@@ -124,7 +134,11 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _setup_logging(quiet: bool) -> None:
+    # one handler on today's stderr: main() may run many times in one process (tests, hosts)
+    for old in [h for h in logger.handlers if getattr(h, "name", None) == "recbot-cli"]:
+        logger.removeHandler(old)
     handler = logging.StreamHandler(sys.stderr)
+    handler.set_name("recbot-cli")
     handler.setFormatter(logging.Formatter("recbot: %(message)s"))
     logger.addHandler(handler)
     logger.setLevel(logging.ERROR if quiet else logging.INFO)
@@ -191,6 +205,9 @@ def cmd_train_generator(args: argparse.Namespace, settings: Settings) -> int:
         base=args.base,
         epochs=args.epochs,
         max_steps=args.max_steps,
+        eval_every=args.eval_every,
+        patience=args.patience,
+        targets=args.targets,
         time_budget_s=args.time_budget,
         batch_size=args.batch_size,
         holdout_last=args.holdout_last,
@@ -316,7 +333,10 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     if not rec.has_generator():
         from recbot.generation.train import DEMO_CONFIG
 
-        print("No generator found: training a small GPT-2 on the demo catalog (about 3 minutes, once)...")
+        print(
+            f"No generator found: training a small GPT-2 on the demo catalog "
+            f"({DEMO_CONFIG.max_steps} steps at most, about 3-4 minutes on 2 cores, once)..."
+        )
         print("\n".join(rec.train_generator(DEMO_CONFIG).lines()))
     for user in args.user or ["u1", "u2"]:
         print()

@@ -88,7 +88,8 @@ class Recommendation:
     rank: int
     because: tuple[Reason, ...] = ()
     blurb: str | None = None
-    grounded: bool | None = None  # True: generated and passed the guard; False: templated
+    blurb_source: str | None = None  # "generated" (GPT-2) or "template" (from facts); None: no blurb asked for
+    grounded: bool | None = None  # the final blurb passed the guard: supported words, no salad, right titles
     blurb_note: str | None = None  # why a blurb was templated, or None
 
     def to_dict(self) -> dict[str, Any]:
@@ -100,5 +101,6 @@ class Recommendation:
             "rank": self.rank,
             "because": [r.to_dict() for r in self.because],
             "blurb": self.blurb,
+            "blurb_source": self.blurb_source,
             "grounded": self.grounded,
         }

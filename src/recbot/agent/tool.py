@@ -51,7 +51,7 @@ def format_for_llm(recs: Recommendations) -> str:
         why = "; ".join(f"you liked {b.title}" for b in r.because) or "matches your request"
         line = f"{r.rank}. {r.item.title} [{r.item.category}] - {why}"
         if r.blurb:
-            line += f" - {r.blurb}"
+            line += f" - {r.blurb}" + (" (template blurb)" if r.blurb_source == "template" else "")
         lines.append(line)
     return "\n".join(lines)
 

@@ -14,10 +14,13 @@ from typing import Any
 
 import numpy as np
 
+from recbot.eval.blurbs import blurb_measures
 from recbot.eval.data import Dataset
 from recbot.eval.text import bleu, distinct_n, div, fcr, feature_set, fmr, rouge, unique_sentence_ratio
+from recbot.generation.fluency import FluencyModel
 from recbot.generation.guard import TitleIndex, check_blurb
 from recbot.generation.prompts import clean, fact_continuation, first_sentences, review_words
+from recbot.generation.support import support_for
 from recbot.types import Interaction, Item, Reason, Recommendation
 
 __all__ = ["best_constant", "reference_text", "run_generation"]
@@ -121,7 +124,8 @@ def run_generation(
         t.strip() for _, _, r in train_reviews for t in _SENTENCE_SPLIT.split(clean(r).partition(". ")[2]) if t.strip()
     )
     constant_best, constant_valid_score = best_constant(summaries, sentences, valid_refs)
-    template_hyps = [fact_continuation(r.item).strip() for _, r in jobs]
+    becauses = [items.get(r.because[0].item_id) if r.because else None for _, r in jobs]
+    template_hyps = [fact_continuation(r.item, b, h).strip() for (h, r), b in zip(jobs, becauses, strict=True)]
     copy_hyps = _copy_most_similar(users, split.train, train_reviews, [r.item.id for _, r in jobs])
     features = feature_set(r for _, _, r in train_reviews)
 
@@ -135,6 +139,14 @@ def run_generation(
         other = np.sum(v * hist_vecs[others], axis=1)
         return round(float(np.mean(own - other)), 5)
 
+    # faithfulness, fluency and personalisation, measured the same way for every method;
+    # the fluency model is fitted on the training split's item text and reviews
+    supports = [support_for(r.item, h, b) for (h, r), b in zip(jobs, becauses, strict=True)]
+    fluency = FluencyModel.fit(
+        [i.description for i in items.values() if i.description] + [r for _, _, r in train_reviews]
+    )
+    targets = [r.item for _, r in jobs]
+
     methods: dict[str, dict[str, Any]] = {}
     for name, hyps in (
         ("recbot", recbot_hyps),
@@ -144,7 +156,12 @@ def run_generation(
         ("constant_best", [constant_best] * len(users)),
         ("constant_issue", [ISSUE_CONSTANT] * len(users)),
     ):
-        methods[name] = {**_scores(hyps, refs, features), "personalisation": personalisation(hyps)}
+        methods[name] = {
+            **_scores(hyps, refs, features),
+            "personalisation": personalisation(hyps),
+            **blurb_measures([" " + h for h in hyps], targets, supports, becauses, fluency),
+        }
+    methods["template"]["templated_rate"] = 1.0
     index = TitleIndex(items.values())
     grounded = [
         check_blurb(r.blurb or "", r.item, index, allowed={it.id for it, _ in h}, min_words=1).ok
@@ -292,6 +309,11 @@ def _report(result: Mapping[str, Any], seconds: float) -> str:
         "distinct2",
         "mean_length",
         "personalisation",
+        "unsupported_rate",
+        "misquote_rate",
+        "salad_rate",
+        "fluency",
+        "personal_rate",
     ]
     lines = [
         f"# Generation evaluation: {result['dataset']}",

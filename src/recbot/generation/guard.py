@@ -4,7 +4,11 @@ A blurb passes when it
 - names its item (the exact title, or its short form: the part before " (" or ": "),
 - names no other catalog item, except items in the user's own history,
 - has no URL, no markup, no marker or special token, no echo of the prompt frame,
-- is between ``min_words`` words and ``max_chars`` characters, without a repetition loop.
+- is between ``min_words`` words and ``max_chars`` characters, without a repetition loop,
+- (given its ``Support``) uses no word in its continuation that the item's facts, the
+  user's liked items and own words, or the connectives do not support,
+- (given a ``FluencyModel``, or always for the rules) is not word salad: see
+  ``fluency.salad_reasons``.
 
 Titles are matched on word boundaries, case-sensitively, longest first, so a blurb about
 "Dune: Part One" does not count as naming "Dune", and "wild" in "a wild ride" is not the
@@ -15,11 +19,13 @@ book "Wild". Lookup goes through a first-word index, so checking a blurb against
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
-from recbot.generation.prompts import clean, fact_continuation, opening
-from recbot.types import Item
+from recbot.generation.fluency import FluencyModel, salad_reasons
+from recbot.generation.prompts import clean, fact_continuation, opening, unframed
+from recbot.generation.support import Support, misquotes, unsupported
+from recbot.types import Interaction, Item
 
 __all__ = ["GuardResult", "TitleIndex", "check_blurb", "short_title", "template_blurb"]
 
@@ -103,9 +109,18 @@ def check_blurb(
     allowed: Iterable[str] = (),
     min_words: int = 8,
     max_chars: int = 400,
+    support: Support | None = None,
+    fluency: FluencyModel | None = None,
+    lead: str | None = None,
+    frames: bool = False,
+    because: Item | None = None,
 ) -> GuardResult:
     """Check a finished blurb for ``item``; ``allowed`` are item ids it may also name
-    (the user's own history)."""
+    (the user's own history). With ``support`` (and ``lead``, the fixed opening), every
+    word after the opening must be supported; with ``fluency``, no sentence may be
+    unlikely under the catalog's own n-gram model. With ``frames`` (a generator taught
+    fact continuations), every sentence after the opening must be a taught frame about
+    ``because``, a sentence of the item's description, or a quote of the user."""
     if not blurb or len(blurb.split()) < min_words:
         return GuardResult(False, "too short")
     if len(blurb) > max_chars:
@@ -134,20 +149,45 @@ def check_blurb(
     others = [t for t in others if t not in own]
     if others:
         return GuardResult(False, f"names another catalog item: {others[0]!r}")
+    continuation = blurb[len(lead) :] if lead and blurb.startswith(lead) else blurb
+    if support is not None:
+        missing = unsupported(continuation, support)
+        if missing:
+            return GuardResult(False, f"unsupported word {missing[0]!r}")
+        wrong = misquotes(continuation, support)
+        if wrong:
+            return GuardResult(False, wrong[0])
+    salad = salad_reasons(OPENING_WORD + continuation if lead else blurb, fluency)
+    if salad:
+        return GuardResult(False, f"word salad: {salad[0]}")
+    if frames:
+        loose = unframed(continuation, item, because)
+        if loose:
+            return GuardResult(False, f"not a taught sentence: {loose[0]!r}")
     return GuardResult(True)
 
 
-def template_blurb(
-    item: Item, because: Item | None, index: TitleIndex, *, allowed: Iterable[str] = (), max_chars: int = 320
-) -> str:
-    """A blurb from the item's facts alone: the fallback, built to pass the guard.
+# The fluency model sees a blurb's opening as this one word (its corpus writes the
+# taught continuations after it too), so a new pair of titles is not scored as unlikely.
+OPENING_WORD = "xopening"
 
-    The description is used when the result passes; when it does not (it names another
-    item, holds markup, ...), the blurb keeps only the opening and a plain predicate.
+
+def template_blurb(
+    item: Item,
+    because: Item | None,
+    index: TitleIndex,
+    *,
+    history: Sequence[tuple[Item, Interaction]] = (),
+    allowed: Iterable[str] = (),
+    max_chars: int = 320,
+) -> str:
+    """A blurb from facts alone: the fallback, built to pass the guard.
+
+    The full form (shared tags, the user's own words, the description's first sentence)
+    is used when it passes; when it does not (it names another item, holds markup, ...),
+    the blurb keeps only the opening and the link to the liked item.
     """
-    text = opening(item, because) + fact_continuation(item)
-    if len(text) > max_chars:
-        text = text[:max_chars].rsplit(" ", 1)[0].rstrip(",;:") + "."
-    if check_blurb(text, item, index, allowed=allowed, min_words=1, max_chars=max_chars).ok:
+    text = opening(item, because) + fact_continuation(item, because, history)
+    if len(text) <= max_chars and check_blurb(text, item, index, allowed=allowed, min_words=1, max_chars=max_chars).ok:
         return text
-    return opening(item, because) + fact_continuation(replace(item, description="", tags=()))
+    return opening(item, because) + fact_continuation(replace(item, description=""), because)

@@ -15,6 +15,7 @@ anything shaped like ``<|...|>``), so item text cannot change the frame.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,8 +35,12 @@ __all__ = [
     "clean",
     "fact_continuation",
     "finish",
+    "frame_sentences",
     "opening",
+    "review_clause",
     "review_words",
+    "shared_tags",
+    "unframed",
 ]
 
 END = "<|endoftext|>"
@@ -48,7 +53,7 @@ MARKERS = (ITEM, USER, BECAUSE, BLURB)
 
 _MARKER_LIKE = re.compile(r"<\|[^|>]*\|?>?|\|>")
 _SPACE = re.compile(r"\s+")
-_SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
+_SENTENCE_END = re.compile(r"[.!?][\"”']?(?=\s|$)")
 
 
 def clean(text: str, limit: int | None = None) -> str:
@@ -78,7 +83,7 @@ def _history_line(history: Sequence[tuple[Item, Interaction]], because: Item | N
     parts = []
     for item, interaction in liked[:max_items]:
         rating = "" if interaction.rating is None else f" ({interaction.rating:g})"
-        words = f': "{clean(interaction.review, 90)}"' if interaction.review else ""
+        words = f': "{clean(interaction.review, 80)}"' if interaction.review else ""
         parts.append(f"Liked {clean(item.title, 80)}{rating}{words}")
     return "; ".join(parts) if parts else "New here"
 
@@ -89,7 +94,7 @@ def build_prompt(
     because: Item | None,
     *,
     max_history: int = 3,
-    max_description: int = 240,
+    max_description: int = 200,
 ) -> BlurbPrompt:
     """The prompt for one blurb about ``item`` for a user with ``history``.
 
@@ -110,22 +115,169 @@ def build_prompt(
     text = (
         f"{ITEM} {' | '.join(f for f in facts if f)}\n"
         f"{USER} {_history_line(history, because, max_history)}\n"
-        f"{BECAUSE} {clean(because.title, 120) if because else 'none'}\n"
+        f"{BECAUSE} {_because_line(item, because)}\n"
         f"{BLURB} {start}"
     )
     return BlurbPrompt(text=text, opening=start)
 
 
-_PREDICATES = ("should suit you", "is worth a look", "is a natural next pick", "could be your next favourite")
+def shared_tags(item: Item, because: Item | None, limit: int = 3) -> list[str]:
+    """The item's tags that the liked item also has, in the item's order."""
+    if because is None:
+        return []
+    theirs = {t.casefold() for t in because.tags}
+    return [clean(t) for t in item.tags if t.casefold() in theirs][:limit]
 
 
-def fact_continuation(item: Item) -> str:
-    """A continuation built from the item's facts alone (training targets and templates)."""
-    predicate = _PREDICATES[sum(map(ord, item.id)) % len(_PREDICATES)]
-    first = first_sentences(clean(item.description), 2)
-    tags = [clean(t) for t in item.tags[:2] if t]
-    detail = f" It is {' and '.join(tags)}." if tags and not first else ""
-    return f" {predicate}. {first}{detail}".rstrip()
+def _because_line(item: Item, because: Item | None) -> str:
+    if because is None:
+        return "none"
+    shared = shared_tags(item, because)
+    return clean(because.title, 120) + (f" | shared: {', '.join(shared)}" if shared else "")
+
+
+def _and(parts: Sequence[str]) -> str:
+    return parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} and {parts[-1]}"
+
+
+# The connective frames a blurb's continuation is taught to use (training targets for
+# catalogs without reviews, and the template). Their words are all in
+# support.CONNECTIVES or filled from the item's and the liked item's facts.
+LINK_FRAMES = (" is {shared} too.", " is also {shared}.", " shares the {shared} of that one.")
+CATEGORY_FRAMES = (" is another pick from {category}.",)
+PLAIN_FRAMES = (" should suit you.", " is a different direction to try.")
+OWN_WORDS_FRAME = ' You wrote of it: "{words}"'
+OTHER_WORDS_FRAME = ' You wrote of {title}: "{words}"'
+
+
+def _subsequences(parts: Sequence[str]) -> list[list[str]]:
+    out: list[list[str]] = [[]]
+    for part in parts:
+        out += [[*o, part] for o in out]
+    return [o for o in out if o]
+
+
+def frame_sentences(item: Item, because: Item | None) -> set[str]:
+    """Every sentence a facts continuation may consist of, normalised (see ``unframed``):
+    the link frames with any of the shared tags (in the item's order), the category
+    frame for an item of the liked item's category, the plain frames, and each sentence
+    of the item's description."""
+    allowed = {f.strip() for f in PLAIN_FRAMES}
+    for subset in _subsequences(shared_tags(item, because)):
+        allowed |= {f.format(shared=_and(subset)).strip() for f in LINK_FRAMES}
+    if because is not None and item.category and because.category == item.category:
+        allowed |= {f.format(category=clean(item.category, 40)).strip() for f in CATEGORY_FRAMES}
+    description = clean(item.description)
+    ends = [0, *(m.end() for m in _SENTENCE_END.finditer(description))]
+    allowed |= {description[a:b].strip() for a, b in itertools.pairwise(ends)}
+    return {_normal(s) for s in allowed if s}
+
+
+def _normal(sentence: str) -> str:
+    return _SPACE.sub(" ", sentence.replace("’", "'")).strip().lower()
+
+
+def unframed(continuation: str, item: Item, because: Item | None) -> list[str]:
+    """The sentences of a facts continuation that are neither a taught frame, a sentence
+    of the item's description, nor a quote of the user ("You wrote of X: ..."; the guard
+    checks the quote itself): the rule that keeps a small model's text fluent."""
+    allowed = frame_sentences(item, because)
+    out = []
+    start = 0
+    text = continuation.strip()
+    for m in [*_SENTENCE_END.finditer(text), None]:
+        end = m.end() if m else len(text)
+        sentence = text[start:end].strip()
+        start = end
+        if not sentence or sentence.lower().startswith("you wrote of "):
+            continue
+        if _normal(sentence) not in allowed:
+            out.append(sentence)
+    return out
+
+
+def review_clause(review: str, max_words: int = 14) -> str:
+    """The first sentence of a review (or its first clause), ended, when short enough to quote."""
+    first = first_sentences(clean(review), 1)
+    for text in (first, first.split(",", 1)[0]):
+        text = text.strip().strip('"“”').strip()
+        if text and len(text.split()) <= max_words:
+            return text if text[-1] in ".!?" else text.rstrip(",;:-") + "."
+    return ""
+
+
+def sentence_options(
+    item: Item, because: Item | None, history: Sequence[tuple[Item, Interaction]] = ()
+) -> tuple[list[str], list[str]]:
+    """The sentences a facts continuation is made of, as written (leading space
+    included): ``(first, rest)``. The first completes the opening (a link, category or
+    plain frame); the rest are the user's own words about liked items that share a tag
+    with this one (or the liked item behind it) and the item's description sentences.
+    ``fact_continuation`` picks one path through these; the generator picks its own."""
+    first = {f for f in PLAIN_FRAMES}
+    for subset in _subsequences(shared_tags(item, because)):
+        first |= {f.format(shared=_and(subset)) for f in LINK_FRAMES}
+    if because is not None and item.category and because.category == item.category:
+        first |= {f.format(category=clean(item.category, 40)) for f in CATEGORY_FRAMES}
+    rest: list[str] = []
+    tags = {t.casefold() for t in item.tags}
+    for it, h in history:
+        if not h.review or not (h.rating is None or h.rating >= 4) or it.id == item.id:
+            continue
+        words = review_clause(h.review)
+        if not words:
+            continue
+        if because is not None and it.id == because.id:
+            rest.append(OWN_WORDS_FRAME.format(words=words))
+        elif tags & {t.casefold() for t in it.tags}:
+            rest.append(OTHER_WORDS_FRAME.format(title=clean(it.title, 120), words=words))
+    description = clean(item.description)
+    ends = [0, *(m.end() for m in _SENTENCE_END.finditer(description))]
+    rest += [" " + description[a:b].strip() for a, b in itertools.pairwise(ends) if description[a:b].strip()]
+    return sorted(first), list(dict.fromkeys(rest))
+
+
+def _own_words(item: Item, because: Item | None, history: Sequence[tuple[Item, Interaction]]) -> str:
+    """A sentence quoting the user's own review: of the liked item behind the
+    recommendation, else of the liked item that shares most tags with this one."""
+    reviewed = [(it, h) for it, h in history if h.review and (h.rating is None or h.rating >= 4) and it.id != item.id]
+    if because is not None:
+        for it, h in reviewed:
+            if it.id == because.id and (words := review_clause(h.review or "")):
+                return OWN_WORDS_FRAME.format(words=words)
+    tags = {t.casefold() for t in item.tags}
+    best = max(
+        ((len(tags & {t.casefold() for t in it.tags}), h.timestamp or 0, it, h) for it, h in reviewed),
+        key=lambda x: (x[0], x[1]),
+        default=None,
+    )
+    if best is not None and best[0] > 0 and (words := review_clause(best[3].review or "")):
+        return OTHER_WORDS_FRAME.format(title=clean(best[2].title, 120), words=words)
+    return ""
+
+
+def fact_continuation(
+    item: Item,
+    because: Item | None = None,
+    history: Sequence[tuple[Item, Interaction]] = (),
+    *,
+    variant: int = 0,
+) -> str:
+    """A continuation built from facts: how the item links to the liked item (shared
+    tags, else category), the user's own words about a liked item, and the item's
+    first description sentence. ``variant`` picks the frame (training targets vary it;
+    the template uses 0). Every word is a connective or comes from those facts."""
+    shared = shared_tags(item, because)
+    if shared:
+        link = LINK_FRAMES[variant % len(LINK_FRAMES)].format(shared=_and(shared))
+    elif because is not None and item.category and because.category == item.category:
+        link = CATEGORY_FRAMES[variant % len(CATEGORY_FRAMES)].format(category=clean(item.category, 40))
+    else:
+        link = PLAIN_FRAMES[variant % len(PLAIN_FRAMES)]
+    first = first_sentences(clean(item.description), 1)
+    if len(first) > 200 or first[-1:] not in (".", "!", "?"):
+        first = ""
+    return f"{link}{_own_words(item, because, history)}{' ' + first if first else ''}"
 
 
 def review_words(review: str, limit: int | None = None) -> str:
@@ -143,8 +295,9 @@ def first_sentences(text: str, n: int) -> str:
 
 
 def finish(raw: str, *, max_chars: int) -> str:
-    """Clean a generated continuation: stop at a marker, drop repeated sentences, end at a
-    sentence boundary within ``max_chars`` (or at a word, with a full stop added)."""
+    """Clean a generated continuation: stop at a marker, drop repeated sentences and an
+    unfinished last one, and keep whole sentences within ``max_chars``. Returns "" when no
+    whole sentence remains: a sentence is never cut mid-phrase and patched with a full stop."""
     for marker in (END, PAD, *MARKERS, "\n"):
         raw = raw.split(marker, 1)[0]
     raw = _SPACE.sub(" ", raw)
@@ -153,7 +306,6 @@ def finish(raw: str, *, max_chars: int) -> str:
     for m in _SENTENCE_END.finditer(raw):
         sentences.append(raw[start : m.end()])
         start = m.end()
-    tail = raw[start:]
     seen: set[str] = set()
     kept: list[str] = []
     for s in sentences:
@@ -161,15 +313,6 @@ def finish(raw: str, *, max_chars: int) -> str:
         if key and key not in seen:
             seen.add(key)
             kept.append(s)
-    text = "".join(kept)
-    if not kept:  # no sentence end at all: keep the words, end them
-        text = tail
-    while len(text) > max_chars and len(kept) > 1:
+    while kept and len("".join(kept).strip()) > max_chars:
         kept.pop()
-        text = "".join(kept)
-    if len(text) > max_chars:
-        text = text[:max_chars].rsplit(" ", 1)[0]
-    text = text.strip()
-    if text and text[-1] not in ".!?":
-        text = text.rstrip(",;:-") + "."
-    return text
+    return "".join(kept).strip()

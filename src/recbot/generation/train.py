@@ -1,10 +1,22 @@
 """Train the blurb generator on the stored catalog and interactions.
 
 Examples: for each interaction, the prompt is the user's *earlier* history plus the
-item's facts (see ``prompts.build_prompt``); the target is the user's own review of
-the item where there is one, else a sentence built from the item's facts. Extra
-fact-based examples pair every catalog item with other users' histories, so the model
-sees the whole catalog. Loss is on the target only.
+item's facts (see ``prompts.build_prompt``). The target depends on the catalog:
+
+- ``reviews`` (review dumps such as Amazon, where most interactions carry one): the
+  user's own review of the item;
+- ``facts`` (catalogs with descriptions and tags): a continuation built from what the
+  item shares with the liked item behind it, the user's own words about a liked item,
+  and the item's first description sentence (``prompts.fact_continuation``), in one of
+  a few connective frames. It depends on the user, not only on the item.
+
+Extra examples pair every catalog item with other users' histories, so the model sees
+the whole catalog. Loss is on the target only.
+
+Training stops after ``max_steps`` or when the held-out loss stops improving
+(``patience`` evaluations in a row without a relative gain of ``min_delta``), never on
+the clock unless ``time_budget_s`` is set explicitly: the same data and seed give the
+same weights on a busy machine as on a quiet one. The best weights seen are kept.
 
 With a pretrained GPT-2 (``--base gpt2`` or a path) the model is fine-tuned, with the
 marker tokens added; where none loads (``--base scratch``, or ``auto`` offline), a
@@ -20,6 +32,7 @@ import math
 import random
 import shutil
 import time
+import zlib
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -29,6 +42,8 @@ from typing import Any
 import numpy as np
 
 from recbot.errors import ConfigError, IndexNotBuiltError, ModelNotFoundError
+from recbot.generation.fluency import fluency_corpus
+from recbot.generation.guard import OPENING_WORD
 from recbot.generation.prompts import (
     BECAUSE,
     BLURB,
@@ -37,9 +52,12 @@ from recbot.generation.prompts import (
     PAD,
     USER,
     build_prompt,
+    clean,
     fact_continuation,
     review_words,
 )
+from recbot.generation.support import liked
+from recbot.generation.writer import FLUENCY_FILE
 from recbot.types import Interaction, Item
 
 __all__ = ["Example", "TrainConfig", "TrainReport", "build_examples", "train_generator", "unigram_perplexity"]
@@ -55,26 +73,31 @@ class TrainConfig:
     base: str = "auto"  # auto: gpt2 from the local cache if any, else scratch; or scratch; or an id/path
     epochs: int = 3  # passes over the training examples (max_steps wins when smaller)
     max_steps: int | None = None  # stop after this many optimizer steps
-    time_budget_s: float | None = None  # stop (and save) after this many seconds of training
+    eval_every: int = 50  # steps between held-out evaluations (convergence check); 0: never
+    patience: int = 2  # stop after this many evaluations without a relative gain of min_delta
+    min_delta: float = 0.01  # relative held-out loss gain that counts as improving
+    time_budget_s: float | None = None  # explicit opt-in: stop after this many seconds (not reproducible)
+    targets: str = "auto"  # "reviews", "facts", or auto: reviews when >= 80% of interactions carry one
     batch_size: int = 16
     learning_rate: float | None = None  # None: 1e-3 from scratch, 5e-5 fine-tuning
     n_layer: int = 4  # from-scratch model shape (5.3M parameters with the defaults)
     n_embd: int = 256
     n_head: int = 4
     vocab_size: int = 8000  # BPE vocabulary (a small corpus stops earlier)
-    block_size: int = 320  # tokens of prompt + target
+    block_size: int = 256  # tokens of prompt + target
     holdout_last: bool = False  # hold out each user's last interaction (leave-last-out)
     eval_fraction: float = 0.1  # otherwise: this share of examples is held out
     augment_per_item: int = 3  # fact-based examples per catalog item
     max_target_chars: int = 220  # of a review used as target
-    mixed_precision: str = "auto"  # auto: bf16 where the device supports it; or "no"/"bf16"/"fp16"
+    mixed_precision: str = "no"  # float32: the same weights on any CPU; "auto" (bf16 where supported), "bf16", "fp16"
     checkpoint_every: int = 200  # steps between resumable checkpoints
     seed: int = 0
 
 
-# What `recbot demo` trains when no generator exists: sized to finish within ~3 minutes
-# on 2 CPU cores.
-DEMO_CONFIG = TrainConfig(epochs=30, max_steps=900, time_budget_s=170.0)
+# What `recbot demo` trains when no generator exists: a step budget (not a clock) sized
+# to finish within ~5 minutes on 2 quiet CPU cores, stopping earlier on convergence.
+DEMO_STEPS = 400
+DEMO_CONFIG = TrainConfig(epochs=40, max_steps=DEMO_STEPS, eval_every=40, patience=3)
 
 
 @dataclass(frozen=True)
@@ -98,6 +121,7 @@ class TrainReport:
     seconds: float
     parameters: int
     stopped_by: str
+    targets: str = "facts"  # what the model was taught to write: "facts" continuations or "reviews"
     config: dict[str, Any] = field(default_factory=dict)
 
     def lines(self) -> list[str]:
@@ -110,8 +134,18 @@ class TrainReport:
         ]
 
 
-def _liked(h: Interaction) -> bool:
-    return h.rating is None or h.rating >= 4
+def _variant(user: str, item: str) -> int:
+    """A stable choice of frame per (user, item): Python's hash() is salted per process."""
+    return zlib.crc32(f"{user}|{item}".encode())
+
+
+def target_mode(interactions: Sequence[Interaction], config: TrainConfig) -> str:
+    if config.targets in ("reviews", "facts"):
+        return config.targets
+    if config.targets != "auto":
+        raise ConfigError(f"targets must be 'auto', 'reviews' or 'facts', got {config.targets!r}")
+    reviewed = sum(bool(h.review) for h in interactions)
+    return "reviews" if interactions and reviewed >= 0.8 * len(interactions) else "facts"
 
 
 def _review_target(review: str, limit: int) -> str:
@@ -135,15 +169,20 @@ def build_examples(
         hist.sort(key=lambda h: (h.timestamp or 0, h.item_id))
 
     def because_for(item_id: str, earlier: Sequence[Interaction]) -> Item | None:
-        liked = [h for h in earlier if _liked(h) and h.item_id in vectors]
-        if not liked or item_id not in vectors:
+        liked_items = [h for h in earlier if liked(h) and h.item_id in vectors]
+        if not liked_items or item_id not in vectors:
             return None
-        sims = [float(vectors[item_id] @ vectors[h.item_id]) for h in liked]
-        return catalog[liked[int(np.argmax(sims))].item_id]
+        sims = [float(vectors[item_id] @ vectors[h.item_id]) for h in liked_items]
+        return catalog[liked_items[int(np.argmax(sims))].item_id]
 
-    def prompt(item: Item, earlier: Sequence[Interaction]) -> str:
-        pairs = [(catalog[h.item_id], h) for h in earlier[-10:]]
-        return build_prompt(item, pairs, because_for(item.id, earlier)).text
+    mode = target_mode(interactions, config)
+
+    def example(user: str, h: Interaction | None, item: Item, earlier: Sequence[Interaction], held: bool) -> Example:
+        pairs = [(catalog[e.item_id], e) for e in earlier[-10:]]
+        because = because_for(item.id, earlier)
+        target = _review_target(h.review, config.max_target_chars) if mode == "reviews" and h and h.review else ""
+        target = target or fact_continuation(item, because, pairs, variant=_variant(user, item.id))
+        return Example(build_prompt(item, pairs, because).text, target, user, item.id, held)
 
     examples: list[Example] = []
     for user, hist in sorted(by_user.items()):
@@ -151,10 +190,7 @@ def build_examples(
             held_out = config.holdout_last and j == len(hist) - 1
             if not held_out and not (h.rating is None or h.rating >= 3):
                 continue  # a blurb recommends: do not learn from complaints
-            item = catalog[h.item_id]
-            target = _review_target(h.review, config.max_target_chars) if h.review else ""
-            target = target or fact_continuation(item)
-            examples.append(Example(prompt(item, hist[:j]), target, user, item.id, held_out))
+            examples.append(example(user, h, catalog[h.item_id], hist[:j], held_out))
     users = sorted(by_user)
     if users and config.augment_per_item:
         for item in catalog.values():
@@ -164,7 +200,7 @@ def build_examples(
                 if config.holdout_last:
                     hist = hist[:-1]
                 cut = rng.randint(0, len(hist))
-                examples.append(Example(prompt(item, hist[:cut]), fact_continuation(item), user, item.id, False))
+                examples.append(example(user, None, item, hist[:cut], False))
     if not config.holdout_last:
         order = list(range(len(examples)))
         rng.shuffle(order)
@@ -367,6 +403,7 @@ def train_generator(
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     scheduler = get_cosine_schedule_with_warmup(optimizer, max(1, total // 20), total)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    device = accelerator.device
     ckpt = out_dir.with_name(out_dir.name + ".checkpoints")
     step = 0
     if (ckpt / "state.json").exists():
@@ -381,6 +418,8 @@ def train_generator(
     desc = "Training generator" + (f" (at most {config.time_budget_s:.0f}s)" if config.time_budget_s else "")
     bar = tqdm(total=total, initial=step, desc=desc, unit="step", disable=not show)
     train_start = time.perf_counter()
+    best: tuple[float, int, dict[str, Any]] | None = None  # (held-out loss, step, weights)
+    stale = 0
     done = step >= total
     while not done:
         epoch, skip = divmod(step, steps_per_epoch)
@@ -402,6 +441,19 @@ def train_generator(
                 (ckpt / "state.json").write_text(
                     json.dumps({"step": step, "config": asdict(config), "examples": len(train_data)})
                 )
+            if held_data and config.eval_every and step % config.eval_every == 0:
+                held_loss = math.log(_held_out_perplexity(accelerator.unwrap_model(model), held_data, pad_id, device))
+                logger.info("step %d: held-out loss %.4f", step, held_loss)
+                if best is None or held_loss < best[0] * (1 - config.min_delta):
+                    stale = 0
+                else:
+                    stale += 1
+                if best is None or held_loss < best[0]:
+                    weights = accelerator.unwrap_model(model).state_dict()
+                    best = (held_loss, step, {k: v.detach().clone() for k, v in weights.items()})
+                if stale >= config.patience:
+                    stopped_by, done = f"convergence (best held-out loss at step {best[1]})", True
+                    break
             if step >= total:
                 done = True
                 break
@@ -409,8 +461,12 @@ def train_generator(
                 stopped_by, done = "time_budget", True
                 break
     bar.close()
+    if best is not None and held_data:  # keep the best weights seen, if the last ones are worse
+        last = math.log(_held_out_perplexity(accelerator.unwrap_model(model), held_data, pad_id, device))
+        if best[0] < last:
+            accelerator.unwrap_model(model).load_state_dict(best[2])
     unwrapped = accelerator.unwrap_model(model)
-    ppl = _held_out_perplexity(unwrapped, held_data, pad_id, accelerator.device)
+    ppl = _held_out_perplexity(unwrapped, held_data, pad_id, device)
     targets = [[t for t in y if t != -100] for _, y in train_data]
     uni = unigram_perplexity(targets, [[t for t in y if t != -100] for _, y in held_data], len(tokenizer))
     report = TrainReport(
@@ -424,6 +480,7 @@ def train_generator(
         seconds=round(time.perf_counter() - started, 1),
         parameters=sum(p.numel() for p in unwrapped.parameters()),
         stopped_by=stopped_by,
+        targets=target_mode(interactions, config),
         config=asdict(config),
     )
     tmp = out_dir.with_name(out_dir.name + ".tmp")
@@ -431,11 +488,23 @@ def train_generator(
     unwrapped.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     (tmp / "card.json").write_text(json.dumps(asdict(report), indent=2))
+    (tmp / FLUENCY_FILE).write_text("\n".join(_fluency_texts(catalog, interactions, train)) + "\n", encoding="utf-8")
     (tmp / "README.md").write_text(_card(report, catalog, interactions))
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)
     shutil.rmtree(ckpt, ignore_errors=True)
     return report
+
+
+def _fluency_texts(
+    catalog: Mapping[str, Item], interactions: Sequence[Interaction], train: Sequence[Example]
+) -> list[str]:
+    """What the fluency model is fitted on: the catalog's descriptions, the reviews, and
+    the taught continuations after the opening's stand-in word (one text a line)."""
+    descriptions = [clean(i.description) for i in catalog.values() if i.description]
+    reviews = [clean(h.review) for h in interactions if h.review]
+    frames = sorted({OPENING_WORD + e.target for e in train})
+    return [t for t in fluency_corpus(descriptions, reviews, frames) if t]
 
 
 def _card(report: TrainReport, catalog: Mapping[str, Item], interactions: Sequence[Interaction]) -> str:

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import itertools
+import json
 import logging
-import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from recbot.config import Settings
 from recbot.errors import ModelNotFoundError
-from recbot.generation.guard import TitleIndex, check_blurb, template_blurb
-from recbot.generation.prompts import END, MARKERS, PAD, BlurbPrompt, build_prompt, finish
+from recbot.generation.fluency import FluencyModel
+from recbot.generation.guard import OPENING_WORD, TitleIndex, check_blurb, template_blurb
+from recbot.generation.prompts import END, MARKERS, PAD, BlurbPrompt, build_prompt, finish, sentence_options
+from recbot.generation.support import Support, personal_evidence, support_for
 from recbot.types import Interaction, Item, Recommendation
 
 if TYPE_CHECKING:
@@ -25,13 +27,7 @@ __all__ = ["GPT2Writer", "LazyWriter", "resolve_generator"]
 logger = logging.getLogger(__name__)
 
 GENERATOR_DIR = "generator"  # inside the data dir: where train-generator writes
-_WORD = re.compile(r"[a-z]{3,}")
-_STOP = frozenset(
-    (
-        "the and for you your with this that are was were have has had but not all from they them its "
-        "it's because liked like should suit worth look natural next pick could favourite"
-    ).split()
-)
+FLUENCY_FILE = "fluency_corpus.txt"  # beside the weights: the text the fluency model is fitted on
 
 
 def resolve_generator(settings: Settings) -> str:
@@ -54,80 +50,106 @@ def resolve_generator(settings: Settings) -> str:
     )
 
 
-def _content_words(text: str) -> set[str]:
-    return {w for w in _WORD.findall(text.lower()) if w not in _STOP}
+@dataclass(frozen=True)
+class BlurbJob:
+    """Everything one blurb needs: its prompt, and what it may say."""
 
-
-def trim_ungrounded(continuation: str, source: str, *, min_share: float = 0.5) -> str:
-    """Keep the continuation's sentences up to the first one that drifts off its sources.
-
-    A sentence drifts when under ``min_share`` of its content words come from ``source``
-    (the item's facts and the user's words): a small model that wanders into another
-    item's description is cut there. Sentences without content words ("is worth a
-    look.") are kept.
-    """
-    allowed = _content_words(source)
-    kept: list[str] = []
-    for sentence in re.split(r"(?<=[.!?])\s+", continuation.strip()):
-        words = _content_words(sentence)
-        if words and len(words & allowed) / len(words) < min_share:
-            break
-        kept.append(sentence)
-    return " ".join(kept)
-
-
-def score_candidate(continuation: str, item: Item, history_text: str) -> float:
-    """Prefer continuations that reuse the item's facts and the user's own words."""
-    words = _content_words(continuation)
-    if not words:
-        return 0.0
-    facts = _content_words(f"{item.title} {item.category} {' '.join(item.tags)} {item.description}")
-    grounding = len(words & facts) / len(words)
-    personal = len(words & _content_words(history_text)) / len(words)
-    return grounding + 0.5 * personal + 0.01 * min(len(words), 20)
+    history: Sequence[tuple[Item, Interaction]]
+    rec: Recommendation
+    because: Item | None
+    prompt: BlurbPrompt
+    support: Support
+    history_ids: frozenset[str]  # items the blurb may name besides its own
+    source: str  # text the copy bias favours
+    options: tuple[list[str], list[str]]  # the sentences a facts continuation may use (prompts.sentence_options)
 
 
 class GPT2Writer:
     """Writes a short blurb per recommendation with a GPT2LMHeadModel.
 
-    All k items (times ``num_candidates``) go through one left-padded ``generate`` call;
-    each candidate is finished and guarded, the best passing one is kept, items with
-    none are regenerated once, then templated.
+    Three steps, as in transformers' pipelines: prompts (pure) -> one batched
+    ``generate`` for all k items -> finish and guard (pure). Decoding is held inside each
+    blurb's support (``constrain.AllowedWords``), candidates come from beam search
+    (deterministic: the same prompt gives the same text whatever it is batched with, in
+    float32), each candidate is finished and guarded, and the most fluent passing one
+    wins, personal ones first. Items with none are regenerated once with a wider beam,
+    then templated; ``blurb_source`` says which.
 
     Args:
         model: a GPT2LMHeadModel.
         tokenizer: its tokenizer; must know the marker tokens and a pad token.
-        settings: generation knobs (max_new_tokens, temperature, top_p, seed, ...).
+        settings: generation knobs (max_new_tokens, num_candidates, temperature, seed, ...).
+        fluency: the n-gram fluency model that ranks candidates and rejects word salad;
+            None uses the salad rules alone.
+        frames: the model was taught fact continuations (``targets="facts"`` in its card):
+            each generated sentence must be a taught frame or a description sentence.
     """
 
-    def __init__(self, model: Any, tokenizer: Any, settings: Settings) -> None:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        settings: Settings,
+        fluency: FluencyModel | None = None,
+        *,
+        frames: bool = False,
+    ) -> None:
         import torch
+
+        from recbot.generation.constrain import TokenTable
 
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.settings = settings
+        self.fluency = fluency
+        self.frames = frames  # taught fact continuations: the guard holds sentences to the frames
         self.tokenizer.padding_side = "left"
         self.tokenizer.truncation_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         if settings.generator_dtype == "bfloat16":
             self.model.to(torch.bfloat16)
+        self.tokens = TokenTable(tokenizer, int(model.config.vocab_size))
         self._lock = threading.Lock()  # one generate at a time: the model is not re-entrant
         self._index: tuple[int, TitleIndex] | None = None
 
     @classmethod
     def load(cls, name_or_path: str, settings: Settings) -> GPT2Writer:
-        """Load a GPT-2 checkpoint (hub id or path), offline first, safetensors only."""
-        import os
-
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        """Load a GPT-2 checkpoint (hub id or path), offline first, safetensors only; and
+        the fluency model fitted on the corpus saved beside it, when there is one."""
         from transformers import AutoTokenizer, GPT2LMHeadModel
 
         from recbot.retrieval.embedder import load_pretrained
 
         tokenizer = load_pretrained(AutoTokenizer, name_or_path)
         model = load_pretrained(GPT2LMHeadModel, name_or_path, use_safetensors=True)
-        return cls(model, tokenizer, settings)
+        corpus = Path(name_or_path) / FLUENCY_FILE
+        fluency = FluencyModel.fit(corpus.read_text(encoding="utf-8").splitlines()) if corpus.is_file() else None
+        card = Path(name_or_path) / "card.json"
+        mode = json.loads(card.read_text()).get("targets") if card.is_file() else None
+        return cls(model, tokenizer, settings, fluency, frames=mode == "facts")
+
+    # -- step 1: what each blurb may say --
+    def job(
+        self, history: Sequence[tuple[Item, Interaction]], rec: Recommendation, catalog: Mapping[str, Item]
+    ) -> BlurbJob:
+        because = catalog.get(rec.because[0].item_id) if rec.because else None
+        return BlurbJob(
+            history=history,
+            rec=rec,
+            because=because,
+            prompt=build_prompt(rec.item, history, because),
+            support=support_for(rec.item, history, because),
+            history_ids=frozenset(item.id for item, _ in history),
+            source=copy_source(rec.item, history),
+            options=sentence_options(rec.item, because, history),
+        )
+
+    def prompt_for(
+        self, history: Sequence[tuple[Item, Interaction]], rec: Recommendation, catalog: Mapping[str, Item]
+    ) -> BlurbPrompt:
+        because = catalog.get(rec.because[0].item_id) if rec.because else None
+        return build_prompt(rec.item, history, because)
 
     # -- step 2: the model --
     def generate(
@@ -137,12 +159,20 @@ class GPT2Writer:
         num_return_sequences: int = 1,
         seed: int | None = None,
         sources: Sequence[str] | None = None,
+        supports: Sequence[Support] | None = None,
+        leads: Sequence[str] | None = None,
+        num_beams: int | None = None,
+        options: Sequence[tuple[list[str], list[str]]] | None = None,
     ) -> list[list[str]]:
         """Continuations (new text only) for each prompt, from one batched generate call.
 
-        ``sources`` (one text per prompt: the item's facts and the user's words) get a
-        copy bias: their tokens' logits are raised by ``settings.copy_bias``, which a
-        small model needs to stay on its item rather than drift to the catalog at large.
+        With ``temperature == 0`` (the default) the candidates are the
+        ``num_return_sequences`` best beams of a beam search (``num_beams``, at least
+        that many); otherwise they are sampled. ``sources`` get a copy bias (their
+        tokens' logits raised by ``settings.copy_bias``); ``supports`` restrict every
+        generated word to that prompt's supported words (``leads``: the text each prompt
+        ends with, so a title's last word is not extended); ``options`` instead hold each
+        continuation to its sentence grammar (``constrain.AllowedSentences``).
         """
         import torch
 
@@ -151,6 +181,7 @@ class GPT2Writer:
         max_prompt = int(self.model.config.n_positions) - self.settings.max_new_tokens
         batch = self.tokenizer(list(prompts), return_tensors="pt", padding=True, truncation=True, max_length=max_prompt)
         sample = self.settings.temperature > 0
+        beams = 1 if sample else max(num_beams or 1, num_return_sequences)
         kwargs: dict[str, Any] = {
             "max_new_tokens": self.settings.max_new_tokens,
             "do_sample": sample,
@@ -161,7 +192,12 @@ class GPT2Writer:
         }
         if sample:
             kwargs.update(temperature=self.settings.temperature, top_p=self.settings.top_p)
-        kwargs["logits_processor"] = self._processors(batch["input_ids"].shape[1], sources, num_return_sequences)
+        else:
+            kwargs.update(num_beams=beams, **({"early_stopping": True} if beams > 1 else {}))
+        rows = num_return_sequences if sample else beams
+        kwargs["logits_processor"] = self._processors(
+            batch["input_ids"].shape[1], sources, rows, supports, leads, options
+        )
         with self._lock, torch.inference_mode():
             torch.manual_seed(self.settings.seed if seed is None else seed)
             out = self.model.generate(**batch, **kwargs)
@@ -169,13 +205,24 @@ class GPT2Writer:
         texts = self.tokenizer.batch_decode(new, skip_special_tokens=False)
         return [texts[i * num_return_sequences : (i + 1) * num_return_sequences] for i in range(len(prompts))]
 
-    def _processors(self, prompt_len: int, sources: Sequence[str] | None, repeat: int) -> Any:
-        """Repetition control on the *new* text only, and the copy bias.
+    def _processors(
+        self,
+        prompt_len: int,
+        sources: Sequence[str] | None,
+        repeat: int,
+        supports: Sequence[Support] | None = None,
+        leads: Sequence[str] | None = None,
+        options: Sequence[tuple[list[str], list[str]]] | None = None,
+    ) -> Any:
+        """Repetition control on the *new* text only, the copy bias, and the support
+        constraint (last, so nothing raises a masked token again).
 
         transformers' own repetition_penalty and no_repeat_ngram_size look at the prompt
         too, so they punish exactly what a grounded blurb must do: copy the item's facts.
         """
         from transformers import LogitsProcessorList
+
+        from recbot.generation.constrain import AllowedSentences, AllowedWords
 
         processors: list[Any] = []
         n = self.settings.no_repeat_ngram_size
@@ -184,6 +231,19 @@ class GPT2Writer:
             processors.append(_NewTextRepetition(prompt_len, n, penalty))
         if sources is not None and self.settings.copy_bias:
             processors.append(self._copy_bias(sources, repeat))
+        if options is not None:
+            processors.append(AllowedSentences(self.tokens, options, prompt_len, repeat, self.tokenizer.decode))
+        elif supports is not None:
+            processors.append(
+                AllowedWords(
+                    self.tokens,
+                    [s.allowed for s in supports],
+                    leads or [""] * len(supports),
+                    prompt_len,
+                    repeat,
+                    self.tokenizer.decode,
+                )
+            )
         return LogitsProcessorList(processors)
 
     def _copy_bias(self, sources: Sequence[str], repeat: int) -> Any:
@@ -227,33 +287,36 @@ class GPT2Writer:
 
         return process
 
-    def stream(self, prompt: BlurbPrompt, source: str | None = None) -> Iterator[str]:
+    def stream(self, job: BlurbJob) -> Iterator[str]:
         """Yield the blurb as it is produced: the opening first, then raw text pieces.
 
-        ``source`` gets the copy bias (see ``generate``). The caller finishes and guards
-        the text (``stream_write`` does); streaming shows one sampled candidate, so it
-        can differ from the batched ``write``.
+        Streaming decodes greedily (a streamer cannot follow beams), inside the same
+        support; ``stream_write`` finishes and guards the text as the batch path does.
         """
         import torch
         from transformers import TextIteratorStreamer
 
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=False)
-        batch = self.tokenizer([prompt.text], return_tensors="pt")
+        batch = self.tokenizer([job.prompt.text], return_tensors="pt")
 
         failed: list[BaseException] = []
 
         def run() -> None:
             try:
                 with self._lock, torch.inference_mode():
-                    torch.manual_seed(self.settings.seed)
                     self.model.generate(
                         **batch,
                         streamer=streamer,
                         max_new_tokens=self.settings.max_new_tokens,
-                        do_sample=self.settings.temperature > 0,
-                        temperature=self.settings.temperature if self.settings.temperature > 0 else None,
-                        top_p=self.settings.top_p if self.settings.temperature > 0 else None,
-                        logits_processor=self._processors(batch["input_ids"].shape[1], [source] if source else None, 1),
+                        do_sample=False,
+                        logits_processor=self._processors(
+                            batch["input_ids"].shape[1],
+                            [job.source],
+                            1,
+                            [job.support],
+                            [job.prompt.opening],
+                            [job.options] if self.frames else None,
+                        ),
                         pad_token_id=self.tokenizer.pad_token_id,
                         eos_token_id=self.tokenizer.eos_token_id,
                     )
@@ -263,7 +326,7 @@ class GPT2Writer:
 
         thread = threading.Thread(target=run, daemon=True)
         thread.start()
-        yield prompt.opening
+        yield job.prompt.opening
         for piece in streamer:
             stop = [piece.find(m) for m in (END, PAD, *MARKERS, "\n") if m in piece]
             if stop:
@@ -282,28 +345,18 @@ class GPT2Writer:
         catalog: Mapping[str, Item],
     ) -> Iterator[tuple[str, Recommendation | None]]:
         """Stream one blurb: yields ``(text so far, None)`` while it is written, then
-        ``(final text, recommendation)`` once it is finished and guarded (templated if
-        the streamed text fails the guard)."""
-        prompt = self.prompt_for(history, rec, catalog)
-        source = copy_source(rec.item, history)
+        ``(final text, recommendation)`` once it went through the same finish and guard
+        as ``write`` (and, if the streamed text fails, the batch path's regeneration,
+        then the template)."""
+        job = self.job(history, rec, catalog)
         text = ""
-        for piece in self.stream(prompt, source):
+        for piece in self.stream(job):
             text += piece
             yield text, None
         index = self.title_index(catalog)
-        allowed = {item.id for item, _ in history}
-        raw = text[len(prompt.opening) :]
-        cont = finish(raw, max_chars=max(40, self.settings.max_blurb_chars - len(prompt.opening)))
-        cont = trim_ungrounded(cont, source)
-        final = _join(prompt.opening, cont)
-        verdict = check_blurb(final, rec.item, index, allowed=allowed, max_chars=self.settings.max_blurb_chars)
-        if verdict.ok:
-            done = replace(rec, blurb=final, grounded=True, blurb_note=None)
-        else:
-            because = catalog.get(rec.because[0].item_id) if rec.because else None
-            final = template_blurb(rec.item, because, index, allowed=allowed, max_chars=self.settings.max_blurb_chars)
-            done = replace(rec, blurb=final, grounded=False, blurb_note=f"templated: generated text {verdict.reason}")
-        yield final, done
+        best, note = self._choose(job, [text[len(job.prompt.opening) :]], index)
+        done = self._write_jobs([job], catalog)[0] if best is None else self._finalize(job, best, note, index)
+        yield done.blurb or "", done
 
     # -- steps 1 and 3 around it --
     def write(
@@ -312,7 +365,7 @@ class GPT2Writer:
         recs: Sequence[Recommendation],
         catalog: Mapping[str, Item],
     ) -> list[Recommendation]:
-        """Fill ``blurb``/``grounded``/``blurb_note`` of each recommendation."""
+        """Fill ``blurb``/``blurb_source``/``grounded``/``blurb_note`` of each recommendation."""
         return self.write_many([(history, rec) for rec in recs], catalog)
 
     def write_many(
@@ -323,69 +376,90 @@ class GPT2Writer:
         out: list[Recommendation] = []
         step = max(1, self.settings.generation_batch)
         for start in range(0, len(jobs), step):
-            out.extend(self._write_batch(jobs[start : start + step], catalog))
+            part = [self.job(h, r, catalog) for h, r in jobs[start : start + step]]
+            out.extend(self._write_jobs(part, catalog))
         return out
 
-    def _write_batch(
-        self, jobs: Sequence[tuple[Sequence[tuple[Item, Interaction]], Recommendation]], catalog: Mapping[str, Item]
-    ) -> list[Recommendation]:
+    def _write_jobs(self, jobs: Sequence[BlurbJob], catalog: Mapping[str, Item]) -> list[Recommendation]:
         index = self.title_index(catalog)
-        recs = [rec for _, rec in jobs]
-        allowed = [{item.id for item, _ in history} for history, _ in jobs]
-        history_text = [" ".join(f"{it.title} {h.review or ''}" for it, h in history) for history, _ in jobs]
-        prompts = [self.prompt_for(history, rec, catalog) for history, rec in jobs]
-        sources = [copy_source(rec.item, history) for history, rec in jobs]
-        chosen: list[str | None] = [None] * len(recs)
-        notes: list[str | None] = [None] * len(recs)
-        todo = list(range(len(recs)))
-        for attempt in range(2):  # generate, then regenerate once what failed
-            n = self.settings.num_candidates
+        chosen: list[str | None] = [None] * len(jobs)
+        notes: list[str | None] = [None] * len(jobs)
+        todo = list(range(len(jobs)))
+        n = self.settings.num_candidates
+        for attempt in range(2):  # generate, then regenerate once what failed, with a wider beam
             outs = self.generate(
-                [prompts[i].text for i in todo],
+                [jobs[i].prompt.text for i in todo],
                 num_return_sequences=n,
                 seed=self.settings.seed + attempt,
-                sources=[sources[i] for i in todo],
+                sources=[jobs[i].source for i in todo],
+                supports=[jobs[i].support for i in todo],
+                leads=[jobs[i].prompt.opening for i in todo],
+                num_beams=n * (attempt + 1),
+                options=[jobs[i].options for i in todo] if self.frames else None,
             )
             still = []
             for i, candidates in zip(todo, outs, strict=True):
-                best, best_score = None, -1.0
-                for raw in candidates:
-                    cont = finish(raw, max_chars=max(40, self.settings.max_blurb_chars - len(prompts[i].opening)))
-                    cont = trim_ungrounded(cont, sources[i])
-                    text = _join(prompts[i].opening, cont)
-                    verdict = check_blurb(
-                        text, recs[i].item, index, allowed=allowed[i], max_chars=self.settings.max_blurb_chars
-                    )
-                    if verdict.ok:
-                        s = score_candidate(cont, recs[i].item, history_text[i])
-                        if s > best_score:
-                            best, best_score = text, s
-                    else:
-                        notes[i] = verdict.reason
-                if best is None:
+                chosen[i], notes[i] = self._choose(jobs[i], candidates, index)
+                if chosen[i] is None:
                     still.append(i)
-                else:
-                    chosen[i], notes[i] = best, None
             todo = still
             if not todo:
                 break
-        out = []
-        for i, rec in enumerate(recs):
-            if chosen[i] is not None:
-                out.append(replace(rec, blurb=chosen[i], grounded=True, blurb_note=None))
-            else:
-                because = catalog.get(rec.because[0].item_id) if rec.because else None
-                text = template_blurb(
-                    rec.item, because, index, allowed=allowed[i], max_chars=self.settings.max_blurb_chars
-                )
-                out.append(replace(rec, blurb=text, grounded=False, blurb_note=f"templated: generated text {notes[i]}"))
-        return out
+        return [self._finalize(job, chosen[i], notes[i], index) for i, job in enumerate(jobs)]
 
-    def prompt_for(
-        self, history: Sequence[tuple[Item, Interaction]], rec: Recommendation, catalog: Mapping[str, Item]
-    ) -> BlurbPrompt:
-        because = catalog.get(rec.because[0].item_id) if rec.because else None
-        return build_prompt(rec.item, history, because)
+    def _choose(self, job: BlurbJob, candidates: Sequence[str], index: TitleIndex) -> tuple[str | None, str | None]:
+        """The best candidate that passes the guard (personal first, then most fluent),
+        or None and why the last one failed."""
+        best: tuple[tuple[bool, float], str] | None = None
+        note: str | None = "produced no text"
+        opening = job.prompt.opening
+        for raw in candidates:
+            cont = finish(raw, max_chars=max(40, self.settings.max_blurb_chars - len(opening)))
+            if not cont.strip():
+                note = "no whole sentence"
+                continue
+            text = _join(opening, cont)
+            verdict = self.check(job, text, index)
+            if not verdict.ok:
+                note = verdict.reason
+                continue
+            personal = bool(personal_evidence(text[len(opening) :], job.rec.item, job.support, job.because))
+            fluent = self.fluency.score(OPENING_WORD + text[len(opening) :]) if self.fluency else 0.0
+            key = (personal, fluent)
+            if best is None or key > best[0]:
+                best = (key, text)
+        return (best[1], None) if best else (None, note)
+
+    def check(self, job: BlurbJob, text: str, index: TitleIndex) -> Any:
+        """The guard, with this blurb's support and the fluency model."""
+        return check_blurb(
+            text,
+            job.rec.item,
+            index,
+            allowed=job.history_ids,
+            max_chars=self.settings.max_blurb_chars,
+            support=job.support,
+            fluency=self.fluency,
+            lead=job.prompt.opening,
+            frames=self.frames,
+            because=job.because,
+        )
+
+    def _finalize(self, job: BlurbJob, text: str | None, note: str | None, index: TitleIndex) -> Recommendation:
+        if text is not None:
+            return replace(job.rec, blurb=text, blurb_source="generated", grounded=True, blurb_note=None)
+        text = template_blurb(
+            job.rec.item,
+            job.because,
+            index,
+            history=job.history,
+            allowed=job.history_ids,
+            max_chars=self.settings.max_blurb_chars,
+        )
+        grounded = self.check(job, text, index).ok
+        return replace(
+            job.rec, blurb=text, blurb_source="template", grounded=grounded, blurb_note=f"templated: generated {note}"
+        )
 
     def title_index(self, catalog: Mapping[str, Item]) -> TitleIndex:
         key = id(catalog)
@@ -433,6 +507,7 @@ def copy_source(item: Item, history: Sequence[tuple[Item, Interaction]]) -> str:
 
 
 def _join(opening: str, continuation: str) -> str:
+    continuation = continuation.strip()
     if not continuation:
         return opening + "."
     if continuation[0] in ".,;:!?":
@@ -440,12 +515,50 @@ def _join(opening: str, continuation: str) -> str:
     return f"{opening} {continuation.lstrip()}"
 
 
+def template_write(
+    history: Sequence[tuple[Item, Interaction]],
+    recs: Sequence[Recommendation],
+    catalog: Mapping[str, Item],
+    settings: Settings,
+    note: str,
+    index: TitleIndex | None = None,
+) -> list[Recommendation]:
+    """Template blurbs (from facts) for every recommendation, marked as such."""
+    index = index or TitleIndex(catalog.values())
+    ids = frozenset(item.id for item, _ in history)
+    out = []
+    for rec in recs:
+        because = catalog.get(rec.because[0].item_id) if rec.because else None
+        text = template_blurb(
+            rec.item, because, index, history=history, allowed=ids, max_chars=settings.max_blurb_chars
+        )
+        support = support_for(rec.item, history, because)
+        grounded = check_blurb(
+            text,
+            rec.item,
+            index,
+            allowed=ids,
+            max_chars=settings.max_blurb_chars,
+            support=support,
+            lead=build_prompt(rec.item, (), because).opening,
+        ).ok
+        out.append(replace(rec, blurb=text, blurb_source="template", grounded=grounded, blurb_note=note))
+    return out
+
+
 class LazyWriter:
-    """Resolves and loads the generator on the first blurb, so --no-blurbs loads nothing."""
+    """Resolves and loads the generator on the first blurb, so --no-blurbs loads nothing.
+
+    Without a generator (none trained, none configured, none cached) or with one that
+    fails to load, blurbs come from the template, marked ``blurb_source="template"``,
+    and one warning says how to get generated blurbs: a plugin never fails its host
+    over blurbs.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._writer: GPT2Writer | None = None
+        self._failed: str | None = None  # why no generator could be loaded (logged once)
         self._lock = threading.Lock()
 
     def get(self) -> GPT2Writer:
@@ -461,4 +574,24 @@ class LazyWriter:
     def write(
         self, history: Sequence[tuple[Item, Interaction]], recs: Sequence[Recommendation], catalog: Mapping[str, Item]
     ) -> list[Recommendation]:
-        return self.get().write(history, recs, catalog)
+        writer = self._load()
+        if writer is None:
+            return template_write(history, recs, catalog, self.settings, f"templated: {self._failed}")
+        try:
+            return writer.write(history, recs, catalog)
+        except Exception as exc:  # one failed generate costs that request its generated blurbs, nothing more
+            logger.exception("blurb generation failed; template blurbs for this request")
+            return template_write(history, recs, catalog, self.settings, f"templated: generation failed ({exc})")
+
+    def _load(self) -> GPT2Writer | None:
+        """The writer, or None (with the reason logged once) when none can be loaded."""
+        if self._failed is not None:
+            return None
+        try:
+            return self.get()
+        except ModelNotFoundError as exc:
+            self._failed = str(exc)
+        except Exception as exc:  # a broken generator file: recommendations still come back
+            self._failed = f"the generator failed to load ({type(exc).__name__}: {exc}); run: recbot train-generator"
+        logger.warning("template blurbs: %s", self._failed)
+        return None

@@ -42,6 +42,8 @@ def format_recommendation(rec: Recommendation, blurb: str | None, *, show_score:
         lines.append("*because you liked " + ", ".join(escape_text(b.describe()) for b in rec.because) + "*")
     if blurb:
         lines.append(escape_text(blurb))
+        if rec.blurb_source == "template":
+            lines.append("*template blurb (built from the item's facts; no generated text passed the checks)*")
     return "\n\n".join(lines)
 
 
@@ -140,16 +142,17 @@ class ChatHandlers:
         except ModelNotFoundError as exc:
             logger.warning("no blurbs: %s", exc)
             writer = None
-        if writer is None:
-            for i, r in enumerate(recs):
-                chat[first + i] = {"role": "assistant", "content": card(r, None)}
-            yield list(chat), session
-            return
         history = self.rec.history(user)
         catalog = self.rec.storage.items()
+        if writer is None:  # no generator: template blurbs, marked on each card
+            filled = self.rec.writer.write(history, recs, catalog) if self.rec.writer is not None else list(recs)
+            for i, r in enumerate(filled):
+                chat[first + i] = {"role": "assistant", "content": card(r, r.blurb)}
+            yield list(chat), session
+            return
         for i, r in enumerate(recs):
-            for text, _done in writer.stream_write(history, r, catalog):
-                chat[first + i] = {"role": "assistant", "content": card(r, text)}
+            for text, done in writer.stream_write(history, r, catalog):
+                chat[first + i] = {"role": "assistant", "content": card(done or r, text)}
                 yield list(chat), session
 
     # -- feedback and history --
