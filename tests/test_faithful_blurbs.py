@@ -314,3 +314,27 @@ def test_a_trained_generator_writes_generated_grounded_blurbs(trained) -> None: 
     streamed = list(writer.stream_write(history, replace(recs[0]), catalog))
     final_text, final = streamed[-1]
     assert final is not None and final.blurb == final_text and final.grounded
+
+
+def test_real_review_text_is_not_salad() -> None:
+    for text in (
+        "Great for Accoustic Guitar. I think I have 3 or 4 of these.",
+        "Will Last, Will Hold. I was looking for a decent capo, found this, and have been using it.",
+        "Nice strings. These take a while to break in but the tone is smooth and warm.",
+        "Easy Easy Easy. Easy to see, Easy to use.",
+    ):
+        assert salad_reasons(text) == [], text
+
+
+def test_a_users_review_is_quoted_once_per_list(greedy: GPT2Writer) -> None:
+    history = HISTORY["u1"]
+    because = BY_TITLE["Project Hail Mary"]
+    from recbot import Reason, Recommendation
+
+    recs = [
+        Recommendation(BY_TITLE[t], 1.0, n, (Reason(because.id, because.title, 0.5),))
+        for n, t in enumerate(["Interstellar", "Foundation"], start=1)
+    ]
+    first, second = greedy.jobs(history, recs, CATALOG)
+    own = ' You wrote of it: "Loved the puzzles, the science and the humour."'
+    assert own in first.options[1] and own not in second.options[1]

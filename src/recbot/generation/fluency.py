@@ -10,10 +10,10 @@ probability 0 after a context it has not seen (measured: "loved" after 'it: "' s
 probabilities; word salad ("The funniest and the humour.", "a maple rock, blues") has
 a token that no sentence of the corpus makes likely.
 
-``salad_reasons`` adds rules that need no model: a doubled word ("the the"), an article
-or preposition followed by a conjunction or punctuation ("the and", "a ,"), a sentence
-that ends on a function word or a dangling hyphen ("A two- next pick."), a compound
-that repeats a part ("maple-coil-coil").
+``salad_reasons`` adds rules that need no model: a doubled function word ("the the"), an
+article followed by a conjunction, another article or punctuation ("the and", "a ,"), a
+sentence that ends on an article or conjunction, a dangling hyphen ("A two- next
+pick."), a compound that repeats a part ("maple-coil-coil").
 
 Both are used to choose between candidates and by the guard, and ``recbot eval
 generation`` reports them for every method.
@@ -28,23 +28,30 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-__all__ = ["FluencyModel", "SentenceScore", "salad_reasons", "sentences", "tokens"]
+__all__ = ["OPENING_WORD", "FluencyModel", "SentenceScore", "salad_reasons", "sentences", "tokens"]
 
 _TOKEN = re.compile(r"[^\W_]+(?:['’-][^\W_]+)*-?|[^\w\s]")
 _SENTENCE = re.compile(r"(?<=[.!?])[\"”']?\s+")
 _WORDLIKE = re.compile(r"[^\W_]")
 
-_DETERMINERS = frozenset("the a an your my its their his her our this these those".split())
+# articles and possessives that cannot end a phrase ("this", "these", "its", "her" can:
+# "I have 3 of these.", "found this, and")
+_DETERMINERS = frozenset("the a an your my".split())
 _PREPOSITIONS = frozenset("of to in on at by for from with into about than".split())
 _CONJUNCTIONS = frozenset("and or but nor".split())
+_FUNCTION = _DETERMINERS | _PREPOSITIONS | _CONJUNCTIONS | frozenset("is are was were it to".split())
 # a sentence may end on a particle ("with the lights on.") but not on these
 _DANGLING = _DETERMINERS | _CONJUNCTIONS
 
 # A sentence whose tokens average below this (log2 per token) reads as salad. Calibrated
-# on real text: held-out Amazon MI review sentences (see the issue note for the share
-# flagged); a slot-filled frame with rare tags ("is fermentation too") stays above it.
-MEAN_LOGPROB = -11.0
+# on Amazon MI with the model fitted on the training split: 0.8 % of the held-out review
+# sentences fall below it, and 54 % of the same sentences with their words shuffled.
+MEAN_LOGPROB = -10.0
 FLOOR = -20.0  # log2 probability floor
+# A blurb's fixed opening is scored as this one word: it is context, never scored itself,
+# so a new pair of titles does not read as unlikely (the training corpus writes the
+# taught continuations after it too).
+OPENING_WORD = "xopening"
 
 
 def tokens(sentence: str) -> list[str]:
@@ -131,7 +138,9 @@ class FluencyModel:
         return self._cache[key]
 
     def score_sentence(self, sentence: str) -> SentenceScore:
-        padded = ["<s>", "<s>", *tokens(sentence), "</s>"]
+        toks = tokens(sentence)
+        # the opening stands in for the first context word, it is not scored
+        padded = ["<s>", *toks, "</s>"] if toks[:1] == [OPENING_WORD] else ["<s>", "<s>", *toks, "</s>"]
         lps = [self.logprob(padded[i - 2], padded[i - 1], padded[i]) for i in range(2, len(padded))]
         j = min(range(len(lps)), key=lps.__getitem__)
         return SentenceScore(sentence, sum(lps) / len(lps), lps[j], padded[j + 2])
@@ -151,12 +160,10 @@ class FluencyModel:
 
 
 def _clash(a: str, b: str) -> bool:
-    """An article that nothing follows ("the and", "a the", "the ."), or a preposition
-    followed by a conjunction ("of and"). A preposition before punctuation is a particle
-    ("with the lights on.") and passes."""
-    if a in _DETERMINERS:
-        return b in _CONJUNCTIONS or b in _DETERMINERS or not _WORDLIKE.match(b)
-    return a in _PREPOSITIONS and b in _CONJUNCTIONS
+    """An article that nothing follows ("the and", "a the", "the ."). A preposition
+    before punctuation or a conjunction is often a particle ("with the lights on.",
+    "a while to break in but") and passes."""
+    return a in _DETERMINERS and (b in _CONJUNCTIONS or b in _DETERMINERS or not _WORDLIKE.match(b))
 
 
 def salad_reasons(text: str, model: FluencyModel | None = None) -> list[str]:
@@ -166,7 +173,7 @@ def salad_reasons(text: str, model: FluencyModel | None = None) -> list[str]:
         toks = tokens(sentence)
         words = [t for t in toks if _WORDLIKE.match(t)]
         for a, b in itertools.pairwise(toks):
-            if a == b and _WORDLIKE.match(a):
+            if a == b and a in _FUNCTION:  # "the the"; "easy easy easy" is emphasis
                 reasons.append(f"doubled word {a!r}")
             elif _clash(a, b):
                 reasons.append(f"{a!r} before {b!r}")

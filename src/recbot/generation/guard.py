@@ -22,12 +22,12 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
-from recbot.generation.fluency import FluencyModel, salad_reasons
+from recbot.generation.fluency import OPENING_WORD, FluencyModel, salad_reasons
 from recbot.generation.prompts import clean, fact_continuation, opening, unframed
 from recbot.generation.support import Support, misquotes, unsupported
 from recbot.types import Interaction, Item
 
-__all__ = ["GuardResult", "TitleIndex", "check_blurb", "short_title", "template_blurb"]
+__all__ = ["OPENING_WORD", "GuardResult", "TitleIndex", "check_blurb", "short_title", "template_blurb"]
 
 _TOKEN = re.compile(r"\w+(?:['’]\w+)*|[^\w\s]", re.UNICODE)
 _URL = re.compile(r"(https?://|www\.|\b[\w-]+\.(com|org|net|io)\b)", re.IGNORECASE)
@@ -165,11 +165,6 @@ def check_blurb(
         if loose:
             return GuardResult(False, f"not a taught sentence: {loose[0]!r}")
     return GuardResult(True)
-
-
-# The fluency model sees a blurb's opening as this one word (its corpus writes the
-# taught continuations after it too), so a new pair of titles is not scored as unlikely.
-OPENING_WORD = "xopening"
 
 
 def template_blurb(

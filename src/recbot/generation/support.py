@@ -36,6 +36,7 @@ __all__ = [
     "liked",
     "misquotes",
     "personal_evidence",
+    "quotes",
     "support_for",
     "unsupported",
     "words",
@@ -122,6 +123,11 @@ def unsupported(continuation: str, support: Support | Iterable[str]) -> list[str
 _QUOTE = re.compile(r"[\"“]([^\"“”]+)[\"”]")
 _WROTE = re.compile(r"\byou (?:wrote|said|called)\b", re.IGNORECASE)
 _WROTE_OF = re.compile(r"\byou wrote of (.+?): [\"“]([^\"“”]+)[\"”]", re.IGNORECASE)
+
+
+def quotes(text: str) -> list[str]:
+    """The quoted spans of ``text``, normalised to their words."""
+    return [_norm(q) for q in _QUOTE.findall(text)]
 
 
 def _norm(text: str) -> str:

@@ -15,8 +15,17 @@ from recbot.config import Settings
 from recbot.errors import ModelNotFoundError
 from recbot.generation.fluency import FluencyModel
 from recbot.generation.guard import OPENING_WORD, TitleIndex, check_blurb, template_blurb
-from recbot.generation.prompts import END, MARKERS, PAD, BlurbPrompt, build_prompt, finish, sentence_options
-from recbot.generation.support import Support, personal_evidence, support_for
+from recbot.generation.prompts import (
+    END,
+    MARKERS,
+    OWN_WORDS_FRAME,
+    PAD,
+    BlurbPrompt,
+    build_prompt,
+    finish,
+    sentence_options,
+)
+from recbot.generation.support import Support, personal_evidence, quotes, support_for
 from recbot.types import Interaction, Item, Recommendation
 
 if TYPE_CHECKING:
@@ -343,12 +352,13 @@ class GPT2Writer:
         history: Sequence[tuple[Item, Interaction]],
         rec: Recommendation,
         catalog: Mapping[str, Item],
+        job: BlurbJob | None = None,
     ) -> Iterator[tuple[str, Recommendation | None]]:
         """Stream one blurb: yields ``(text so far, None)`` while it is written, then
         ``(final text, recommendation)`` once it went through the same finish and guard
         as ``write`` (and, if the streamed text fails, the batch path's regeneration,
-        then the template)."""
-        job = self.job(history, rec, catalog)
+        then the template). ``job``: prebuilt by ``jobs`` for a whole list."""
+        job = job or self.job(history, rec, catalog)
         text = ""
         for piece in self.stream(job):
             text += piece
@@ -357,6 +367,12 @@ class GPT2Writer:
         best, note = self._choose(job, [text[len(job.prompt.opening) :]], index)
         done = self._write_jobs([job], catalog)[0] if best is None else self._finalize(job, best, note, index)
         yield done.blurb or "", done
+
+    def jobs(
+        self, history: Sequence[tuple[Item, Interaction]], recs: Sequence[Recommendation], catalog: Mapping[str, Item]
+    ) -> list[BlurbJob]:
+        """The jobs for one user's list, as ``write`` builds them (one quote each)."""
+        return _one_quote_each([self.job(history, r, catalog) for r in recs])
 
     # -- steps 1 and 3 around it --
     def write(
@@ -375,9 +391,9 @@ class GPT2Writer:
         in batches of ``generation_batch`` prompts (offline evaluation uses this)."""
         out: list[Recommendation] = []
         step = max(1, self.settings.generation_batch)
-        for start in range(0, len(jobs), step):
-            part = [self.job(h, r, catalog) for h, r in jobs[start : start + step]]
-            out.extend(self._write_jobs(part, catalog))
+        built = _one_quote_each([self.job(h, r, catalog) for h, r in jobs])
+        for start in range(0, len(built), step):
+            out.extend(self._write_jobs(built[start : start + step], catalog))
         return out
 
     def _write_jobs(self, jobs: Sequence[BlurbJob], catalog: Mapping[str, Item]) -> list[Recommendation]:
@@ -466,6 +482,25 @@ class GPT2Writer:
         if self._index is None or self._index[0] != key:
             self._index = (key, TitleIndex(catalog.values()))
         return self._index[1]
+
+
+def _one_quote_each(jobs: Sequence[BlurbJob]) -> list[BlurbJob]:
+    """In a user's list, the review of the liked item behind a recommendation may be
+    quoted for the first item it stands behind only: the same words of theirs three
+    times in five blurbs read as a template. (Decided before generating, by rank, so
+    one batched generate still writes the whole list.)"""
+    claimed: dict[frozenset[str], set[str]] = {}
+    out = []
+    for job in jobs:
+        used = claimed.setdefault(job.history_ids, set())
+        first, rest = job.options
+        rest = [r for r in rest if not set(quotes(r)) & used]
+        used.update(q for r in rest if r.startswith(OWN_WORDS_PREFIX) for q in quotes(r))
+        out.append(replace(job, options=(first, rest)))
+    return out
+
+
+OWN_WORDS_PREFIX = OWN_WORDS_FRAME.split("{", 1)[0]
 
 
 class _NewTextRepetition:

@@ -150,8 +150,8 @@ class ChatHandlers:
                 chat[first + i] = {"role": "assistant", "content": card(r, r.blurb)}
             yield list(chat), session
             return
-        for i, r in enumerate(recs):
-            for text, done in writer.stream_write(history, r, catalog):
+        for i, (r, job) in enumerate(zip(recs, writer.jobs(history, recs, catalog), strict=True)):
+            for text, done in writer.stream_write(history, r, catalog, job):
                 chat[first + i] = {"role": "assistant", "content": card(done or r, text)}
                 yield list(chat), session
 
