@@ -168,7 +168,7 @@ def test_the_template_is_personal_beyond_its_opening_and_passes_every_check() ->
     history = HISTORY["u1"]
     cont = fact_continuation(item, because, history)
     assert cont == (
-        ' is comedy and light too. You wrote of it: "Daft and brilliant, I laughed all the way through." '
+        ' is another comedy and light pick. You wrote of it: "Daft and brilliant, I laughed all the way through." '
         "An angel and a demon who rather like Earth team up to stop the apocalypse."
     )
     support = support_for(item, history, because)

@@ -85,6 +85,18 @@ def test_a_turn_streams_then_feedback_changes_the_next_turn(handlers: ChatHandle
     assert all(r[0] != "Trail Boots" for r in rows)
 
 
+def test_without_a_generator_the_cards_carry_marked_template_blurbs(tmp_path: Path, tiny_gpt2: Path) -> None:
+    rec = _build(tmp_path, tiny_gpt2)
+    rec.writer = LazyWriter(rec.settings.replace(generator=str(tmp_path / "no-such-generator")))
+    handlers = ChatHandlers(rec)
+    session, chat, _ = handlers.start("baker")
+    final, session = list(handlers.respond("bread", chat, session, k=3))[-1]
+    cards = [final[i]["content"] for i in session.shown]
+    assert len(cards) == 3
+    assert all("Because you liked" in c and "template blurb" in c for c in cards), cards
+    rec.close()
+
+
 def test_new_users_are_separate(handlers: ChatHandlers) -> None:
     a, _, _ = handlers.start(NEW_USER)
     b, _, _ = handlers.start(NEW_USER)

@@ -274,11 +274,12 @@ def _eval_generation(args: argparse.Namespace, settings: Settings, data: Any, st
     )
     if result is None:
         return 0  # a helper process of `accelerate launch`; the main one reports
-    cols = ["bleu1", "bleu4", "rouge1", "rouge2", "rougeL", "usr", "fmr", "distinct2", "personalisation"]
+    cols = ["bleu1", "bleu4", "rouge1", "rouge2", "rougeL", "usr", "distinct2", "personalisation"]
+    cols += ["unsupported_rate", "misquote_rate", "salad_rate", "fluency", "personal_rate"]
     print(f"{args.dataset}: {result['protocol']['users']} users; generator {name}")
-    print(f"{'method':<12} " + " ".join(f"{c:>9}" for c in cols))
+    print(f"{'method':<15} " + " ".join(f"{c[:11]:>11}" for c in cols))
     for method, m in result["methods"].items():
-        print(f"{method:<12} " + " ".join(f"{m[c]:>9.4f}" for c in cols))
+        print(f"{method:<15} " + " ".join(f"{m[c]:>11.4f}" for c in cols))
     extra = {
         k: result["methods"]["recbot"].get(k)
         for k in ("grounding_rate", "hallucination_rate", "templated_rate", "perplexity", "unigram_perplexity")

@@ -59,7 +59,7 @@ CONNECTIVES = frozenset(
     """.split()
 )
 # Words that tie a shared fact back to the liked item ("is comedy too", "also light").
-LINK_WORDS = frozenset("too also both same shares share again like".split())
+LINK_WORDS = frozenset("too also both same shares share again like another".split())
 
 
 def words(text: str) -> list[str]:

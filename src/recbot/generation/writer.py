@@ -18,14 +18,14 @@ from recbot.generation.guard import OPENING_WORD, TitleIndex, check_blurb, templ
 from recbot.generation.prompts import (
     END,
     MARKERS,
-    OWN_WORDS_FRAME,
     PAD,
     BlurbPrompt,
     build_prompt,
+    fact_continuation,
     finish,
     sentence_options,
 )
-from recbot.generation.support import Support, personal_evidence, quotes, support_for
+from recbot.generation.support import Support, personal_evidence, quotes, support_for, words
 from recbot.types import Interaction, Item, Recommendation
 
 if TYPE_CHECKING:
@@ -71,6 +71,7 @@ class BlurbJob:
     history_ids: frozenset[str]  # items the blurb may name besides its own
     source: str  # text the copy bias favours
     options: tuple[list[str], list[str]]  # the sentences a facts continuation may use (prompts.sentence_options)
+    quotable: Sequence[tuple[Item, Interaction]] = ()  # history whose reviews this blurb may quote
 
 
 class GPT2Writer:
@@ -152,6 +153,7 @@ class GPT2Writer:
             history_ids=frozenset(item.id for item, _ in history),
             source=copy_source(rec.item, history),
             options=sentence_options(rec.item, because, history),
+            quotable=history,
         )
 
     def prompt_for(
@@ -468,7 +470,7 @@ class GPT2Writer:
             job.rec.item,
             job.because,
             index,
-            history=job.history,
+            history=job.quotable,
             allowed=job.history_ids,
             max_chars=self.settings.max_blurb_chars,
         )
@@ -485,22 +487,26 @@ class GPT2Writer:
 
 
 def _one_quote_each(jobs: Sequence[BlurbJob]) -> list[BlurbJob]:
-    """In a user's list, the review of the liked item behind a recommendation may be
-    quoted for the first item it stands behind only: the same words of theirs three
-    times in five blurbs read as a template. (Decided before generating, by rank, so
-    one batched generate still writes the whole list.)"""
-    claimed: dict[frozenset[str], set[str]] = {}
+    """In a user's list, each of their reviews is quoted in one blurb at most: the same
+    words of theirs three times in five blurbs read as a template. Each item, in rank
+    order, claims the review its template would quote; later items may not quote it.
+    (Decided before generating, so one batched generate still writes the whole list.)"""
+    claimed: dict[frozenset[str], set[tuple[str, str]]] = {}  # per user: (item id, user id) of quoted reviews
     out = []
     for job in jobs:
-        used = claimed.setdefault(job.history_ids, set())
-        first, rest = job.options
-        rest = [r for r in rest if not set(quotes(r)) & used]
-        used.update(q for r in rest if r.startswith(OWN_WORDS_PREFIX) for q in quotes(r))
-        out.append(replace(job, options=(first, rest)))
+        taken = claimed.setdefault(job.history_ids, set())
+        quotable = [(it, replace(h, review=None) if (it.id, h.user_id) in taken else h) for it, h in job.history]
+        job = replace(job, options=sentence_options(job.rec.item, job.because, quotable), quotable=quotable)
+        quoted = set(quotes(fact_continuation(job.rec.item, job.because, quotable)))
+        taken.update((it.id, h.user_id) for it, h in quotable if h.review and _quotes_review(quoted, h.review))
+        out.append(job)
     return out
 
 
-OWN_WORDS_PREFIX = OWN_WORDS_FRAME.split("{", 1)[0]
+def _quotes_review(quoted: set[str], review: str) -> bool:
+    """Whether one of the ``quoted`` spans (normalised) comes from ``review``."""
+    text = " ".join(words(review))
+    return any(q and q in text for q in quoted)
 
 
 class _NewTextRepetition:

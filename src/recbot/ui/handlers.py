@@ -14,7 +14,7 @@ from functools import partial
 from importlib import resources
 from typing import Any
 
-from recbot.errors import ModelNotFoundError, RecbotError
+from recbot.errors import RecbotError
 from recbot.recommender import STRATEGY_TEXT, Recommender
 from recbot.types import Recommendation
 
@@ -139,8 +139,8 @@ class ChatHandlers:
             return
         try:
             writer = self.rec.writer.get() if self.rec.writer is not None else None  # type: ignore[attr-defined]
-        except ModelNotFoundError as exc:
-            logger.warning("no blurbs: %s", exc)
+        except Exception as exc:  # no generator, or a broken one: the cards still come, with template blurbs
+            logger.warning("no generated blurbs: %s", exc)
             writer = None
         history = self.rec.history(user)
         catalog = self.rec.storage.items()
