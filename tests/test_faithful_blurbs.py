@@ -295,6 +295,7 @@ def test_two_trainings_give_identical_weights(trained) -> None:  # type: ignore[
     assert digest[0] == digest[1]
     card = json.loads((first / "card.json").read_text())
     assert card["targets"] == "facts" and card["steps"] <= 120 and "time" not in card["stopped_by"]
+    assert card["target_tokens"] > 10
 
 
 def test_a_trained_generator_writes_generated_grounded_blurbs(trained) -> None:  # type: ignore[no-untyped-def]

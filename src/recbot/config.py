@@ -48,8 +48,8 @@ class Settings:
     reasons_per_item: int = 2  # "because you liked X" entries per recommendation
     # -- generator (GPT-2) --
     generator: str | None = None  # hub id or path; None: the trained one in data_dir, else gpt2 from the cache
-    max_new_tokens: int = 40  # per blurb, after the fixed opening
-    temperature: float = 0.7  # sampling temperature of the candidates
+    max_new_tokens: int | None = None  # per blurb, after the opening; None: the generator card's, else 40
+    temperature: float = 0.7  # sampling temperature of the candidates (seeded); 0: beam search
     top_p: float = 0.9  # nucleus sampling
     repetition_penalty: float = 1.2  # discourages loops
     no_repeat_ngram_size: int = 3  # no 3-gram twice in a blurb
@@ -98,7 +98,7 @@ class Settings:
             raise ConfigError("k and candidates must be at least 1")
         if self.generator_dtype not in ("float32", "bfloat16"):
             raise ConfigError(f"generator_dtype must be 'float32' or 'bfloat16', got {self.generator_dtype!r}")
-        if self.num_candidates < 1 or self.max_new_tokens < 1:
+        if self.num_candidates < 1 or (self.max_new_tokens is not None and self.max_new_tokens < 1):
             raise ConfigError("num_candidates and max_new_tokens must be at least 1")
         if self.recency_half_life_days <= 0:
             raise ConfigError("recency_half_life_days must be positive")

@@ -36,6 +36,7 @@ __all__ = [
     "fact_continuation",
     "finish",
     "frame_sentences",
+    "link_sentences",
     "opening",
     "review_clause",
     "review_words",
@@ -159,16 +160,23 @@ def _subsequences(parts: Sequence[str]) -> list[list[str]]:
     return [o for o in out if o]
 
 
+def link_sentences(item: Item, because: Item | None) -> list[str]:
+    """The sentences that may complete the opening, as written: the link frames with
+    any of the tags the item shares with the liked item; else, for the same category,
+    the category frame; else the plain frames. As in ``fact_continuation``: an item
+    that shares tags is never called "a different direction"."""
+    shared = shared_tags(item, because)
+    if shared:
+        return sorted({f.format(shared=_and(subset)) for subset in _subsequences(shared) for f in LINK_FRAMES})
+    if because is not None and item.category and because.category == item.category:
+        return [f.format(category=clean(item.category, 40)) for f in CATEGORY_FRAMES]
+    return list(PLAIN_FRAMES)
+
+
 def frame_sentences(item: Item, because: Item | None) -> set[str]:
     """Every sentence a facts continuation may consist of, normalised (see ``unframed``):
-    the link frames with any of the shared tags (in the item's order), the category
-    frame for an item of the liked item's category, the plain frames, and each sentence
-    of the item's description."""
-    allowed = {f.strip() for f in PLAIN_FRAMES}
-    for subset in _subsequences(shared_tags(item, because)):
-        allowed |= {f.format(shared=_and(subset)).strip() for f in LINK_FRAMES}
-    if because is not None and item.category and because.category == item.category:
-        allowed |= {f.format(category=clean(item.category, 40)).strip() for f in CATEGORY_FRAMES}
+    ``link_sentences`` and each sentence of the item's description."""
+    allowed = set(link_sentences(item, because))
     description = clean(item.description)
     ends = [0, *(m.end() for m in _SENTENCE_END.finditer(description))]
     allowed |= {description[a:b].strip() for a, b in itertools.pairwise(ends)}
@@ -216,11 +224,7 @@ def sentence_options(
     plain frame); the rest are the user's own words about liked items that share a tag
     with this one (or the liked item behind it) and the item's description sentences.
     ``fact_continuation`` picks one path through these; the generator picks its own."""
-    first = {f for f in PLAIN_FRAMES}
-    for subset in _subsequences(shared_tags(item, because)):
-        first |= {f.format(shared=_and(subset)) for f in LINK_FRAMES}
-    if because is not None and item.category and because.category == item.category:
-        first |= {f.format(category=clean(item.category, 40)) for f in CATEGORY_FRAMES}
+    first = link_sentences(item, because)
     rest: list[str] = []
     tags = {t.casefold() for t in item.tags}
     for it, h in history:

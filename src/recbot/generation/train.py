@@ -122,6 +122,7 @@ class TrainReport:
     parameters: int
     stopped_by: str
     targets: str = "facts"  # what the model was taught to write: "facts" continuations or "reviews"
+    target_tokens: int = 0  # the longest taught continuation, in tokens (the writer's budget)
     config: dict[str, Any] = field(default_factory=dict)
 
     def lines(self) -> list[str]:
@@ -481,6 +482,7 @@ def train_generator(
         parameters=sum(p.numel() for p in unwrapped.parameters()),
         stopped_by=stopped_by,
         targets=target_mode(interactions, config),
+        target_tokens=max((sum(1 for t in y if t != -100) for _, y in train_data), default=0),
         config=asdict(config),
     )
     tmp = out_dir.with_name(out_dir.name + ".tmp")

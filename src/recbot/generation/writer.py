@@ -79,11 +79,12 @@ class GPT2Writer:
 
     Three steps, as in transformers' pipelines: prompts (pure) -> one batched
     ``generate`` for all k items -> finish and guard (pure). Decoding is held inside each
-    blurb's support (``constrain.AllowedWords``), candidates come from beam search
-    (deterministic: the same prompt gives the same text whatever it is batched with, in
-    float32), each candidate is finished and guarded, and the most fluent passing one
-    wins, personal ones first. Items with none are regenerated once with a wider beam,
-    then templated; ``blurb_source`` says which.
+    blurb's support (``constrain.AllowedWords``) or, for a generator taught fact
+    continuations, its sentence grammar (``constrain.AllowedSentences``). Candidates are
+    sampled with a fixed seed (``temperature == 0``: beam search), each is finished and
+    guarded, and a passing one wins: personal ones first, then the most fluent. Items
+    with none are regenerated once (another seed, or a wider beam), then templated;
+    ``blurb_source`` says which.
 
     Args:
         model: a GPT2LMHeadModel.
@@ -93,6 +94,8 @@ class GPT2Writer:
             None uses the salad rules alone.
         frames: the model was taught fact continuations (``targets="facts"`` in its card):
             each generated sentence must be a taught frame or a description sentence.
+        target_tokens: the longest taught continuation in tokens (from the card); the
+            token budget when ``settings.max_new_tokens`` is None (at most 96; 40 if unknown).
     """
 
     def __init__(
@@ -103,6 +106,7 @@ class GPT2Writer:
         fluency: FluencyModel | None = None,
         *,
         frames: bool = False,
+        target_tokens: int | None = None,
     ) -> None:
         import torch
 
@@ -113,6 +117,8 @@ class GPT2Writer:
         self.settings = settings
         self.fluency = fluency
         self.frames = frames  # taught fact continuations: the guard holds sentences to the frames
+        # a continuation cut short loses its last sentence: room for the longest taught one
+        self.max_new_tokens = settings.max_new_tokens or min(96, target_tokens or 40)
         self.tokenizer.padding_side = "left"
         self.tokenizer.truncation_side = "left"
         if self.tokenizer.pad_token is None:
@@ -135,9 +141,16 @@ class GPT2Writer:
         model = load_pretrained(GPT2LMHeadModel, name_or_path, use_safetensors=True)
         corpus = Path(name_or_path) / FLUENCY_FILE
         fluency = FluencyModel.fit(corpus.read_text(encoding="utf-8").splitlines()) if corpus.is_file() else None
-        card = Path(name_or_path) / "card.json"
-        mode = json.loads(card.read_text()).get("targets") if card.is_file() else None
-        return cls(model, tokenizer, settings, fluency, frames=mode == "facts")
+        card_file = Path(name_or_path) / "card.json"
+        card = json.loads(card_file.read_text()) if card_file.is_file() else {}
+        return cls(
+            model,
+            tokenizer,
+            settings,
+            fluency,
+            frames=card.get("targets") == "facts",
+            target_tokens=card.get("target_tokens"),
+        )
 
     # -- step 1: what each blurb may say --
     def job(
@@ -189,12 +202,12 @@ class GPT2Writer:
 
         if not prompts:
             return []
-        max_prompt = int(self.model.config.n_positions) - self.settings.max_new_tokens
+        max_prompt = int(self.model.config.n_positions) - self.max_new_tokens
         batch = self.tokenizer(list(prompts), return_tensors="pt", padding=True, truncation=True, max_length=max_prompt)
         sample = self.settings.temperature > 0
         beams = 1 if sample else max(num_beams or 1, num_return_sequences)
         kwargs: dict[str, Any] = {
-            "max_new_tokens": self.settings.max_new_tokens,
+            "max_new_tokens": self.max_new_tokens,
             "do_sample": sample,
             "num_return_sequences": num_return_sequences,
             "pad_token_id": self.tokenizer.pad_token_id,
@@ -318,7 +331,7 @@ class GPT2Writer:
                     self.model.generate(
                         **batch,
                         streamer=streamer,
-                        max_new_tokens=self.settings.max_new_tokens,
+                        max_new_tokens=self.max_new_tokens,
                         do_sample=False,
                         logits_processor=self._processors(
                             batch["input_ids"].shape[1],
