@@ -145,8 +145,9 @@ def _and(parts: Sequence[str]) -> str:
 # catalogs without reviews, and the template). Their words are all in
 # support.CONNECTIVES or filled from the item's and the liked item's facts.
 # Tags are genres ("horror"), moods ("cosy") and things ("guitar"): each frame must read
-# well with all three ("is also guitar" did not).
-LINK_FRAMES = (" is another {shared} pick.", " shares the {shared} of that one.", " is {shared}, like that one.")
+# well with all three ("is also guitar", "shares the cosy of that one" and "is video game,
+# like that one" did not).
+LINK_FRAMES = (" is another {shared} pick.", " is also a {shared} pick.")
 CATEGORY_FRAMES = (" is another pick from {category}.",)
 PLAIN_FRAMES = (" should suit you.", " is a different direction to try.")
 OWN_WORDS_FRAME = ' You wrote of it: "{words}"'
