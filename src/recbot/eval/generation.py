@@ -344,6 +344,11 @@ def _report(result: Mapping[str, Any], seconds: float) -> str:
         "",
         f'constant_issue: the sentence quoted in the issue, "{ISSUE_CONSTANT}" (not chosen by us).',
         "",
+        "Read the examples before trusting salad_rate and fluency: both come from rules and a trigram model of",
+        "the reviews, which cannot see an ungrammatical sentence made of common word pairs ('I am this is a",
+        "good deal.'). On review text personal_rate is weak too: a constant sentence shares words with many",
+        "users' reviews.",
+        "",
         "## Examples",
         "",
     ]
