@@ -156,24 +156,12 @@ class GPT2Writer:
     def job(
         self, history: Sequence[tuple[Item, Interaction]], rec: Recommendation, catalog: Mapping[str, Item]
     ) -> BlurbJob:
-        because = catalog.get(rec.because[0].item_id) if rec.because else None
-        return BlurbJob(
-            history=history,
-            rec=rec,
-            because=because,
-            prompt=build_prompt(rec.item, history, because),
-            support=support_for(rec.item, history, because),
-            history_ids=frozenset(item.id for item, _ in history),
-            source=copy_source(rec.item, history),
-            options=sentence_options(rec.item, because, history),
-            quotable=history,
-        )
+        return make_job(history, rec, catalog)
 
     def prompt_for(
         self, history: Sequence[tuple[Item, Interaction]], rec: Recommendation, catalog: Mapping[str, Item]
     ) -> BlurbPrompt:
-        because = catalog.get(rec.because[0].item_id) if rec.because else None
-        return build_prompt(rec.item, history, because)
+        return self.job(history, rec, catalog).prompt
 
     # -- step 2: the model --
     def generate(
@@ -569,34 +557,54 @@ def _join(opening: str, continuation: str) -> str:
     return f"{opening} {continuation.lstrip()}"
 
 
+def make_job(history: Sequence[tuple[Item, Interaction]], rec: Recommendation, catalog: Mapping[str, Item]) -> BlurbJob:
+    """Everything one blurb needs (no model): the liked item behind it, its prompt, support and sentences."""
+    because = catalog.get(rec.because[0].item_id) if rec.because else None
+    return BlurbJob(
+        history=history,
+        rec=rec,
+        because=because,
+        prompt=build_prompt(rec.item, history, because),
+        support=support_for(rec.item, history, because),
+        history_ids=frozenset(item.id for item, _ in history),
+        source=copy_source(rec.item, history),
+        options=sentence_options(rec.item, because, history),
+        quotable=history,
+    )
+
+
 def template_write(
     history: Sequence[tuple[Item, Interaction]],
     recs: Sequence[Recommendation],
     catalog: Mapping[str, Item],
     settings: Settings,
     note: str,
-    index: TitleIndex | None = None,
 ) -> list[Recommendation]:
-    """Template blurbs (from facts) for every recommendation, marked as such."""
-    index = index or TitleIndex(catalog.values())
-    ids = frozenset(item.id for item, _ in history)
+    """Template blurbs (from facts) for every recommendation, marked as such: the same
+    jobs, quotes claimed once per list, and guard as the generated ones."""
+    index = TitleIndex(catalog.values())
     out = []
-    for rec in recs:
-        because = catalog.get(rec.because[0].item_id) if rec.because else None
+    for job in _one_quote_each([make_job(history, rec, catalog) for rec in recs]):
         text = template_blurb(
-            rec.item, because, index, history=history, allowed=ids, max_chars=settings.max_blurb_chars
+            job.rec.item,
+            job.because,
+            index,
+            history=job.quotable,
+            allowed=job.history_ids,
+            max_chars=settings.max_blurb_chars,
         )
-        support = support_for(rec.item, history, because)
         grounded = check_blurb(
             text,
-            rec.item,
+            job.rec.item,
             index,
-            allowed=ids,
+            allowed=job.history_ids,
             max_chars=settings.max_blurb_chars,
-            support=support,
-            lead=build_prompt(rec.item, (), because).opening,
+            support=job.support,
+            lead=job.prompt.opening,
+            frames=True,
+            because=job.because,
         ).ok
-        out.append(replace(rec, blurb=text, blurb_source="template", grounded=grounded, blurb_note=note))
+        out.append(replace(job.rec, blurb=text, blurb_source="template", grounded=grounded, blurb_note=note))
     return out
 
 
