@@ -89,3 +89,29 @@ def test_unknown_category_is_a_clear_error_and_case_is_forgiven(toy_recommender)
     assert {r.item.category for r in toy_recommender.recommend("spacefan", k=3, category="KITCHEN")} == {"kitchen"}
     with pytest.raises(FilterError, match="unknown category 'toys'; the catalog has"):
         toy_recommender.recommend("spacefan", category="toys")
+
+
+def test_an_ask_is_understood_before_it_is_embedded(toy_recommender) -> None:
+    """Negations, named titles and vague asks become constraints, not bags of words."""
+    catalog = toy_recommender.storage.items()
+    no_robots = toy_recommender.recommend("baker", query="no robots", k=8, blurbs=False)
+    assert no_robots and all("robots" not in catalog[r.item.id].tags for r in no_robots)
+    assert no_robots.understood is not None and no_robots.understood.exclude_tags == ("robots",)
+    assert no_robots.to_dict()["understood"]["text"] == "not robots"
+
+    like = toy_recommender.recommend("baker", query="something like Galaxy Robots but a film", k=3, blurbs=False)
+    assert like.understood is not None and like.understood.anchors == ("s4",) and like.understood.category == "films"
+    assert all(r.item.category == "films" and r.item.id != "s4" for r in like)
+
+    vague = toy_recommender.recommend("spacefan", query="more please", k=3, blurbs=False)
+    plain = toy_recommender.recommend("spacefan", k=3, blurbs=False)
+    assert [r.item.id for r in vague] == [r.item.id for r in plain]
+    assert vague.understood is not None and vague.understood.vague
+    assert "understood" not in plain.to_dict()
+
+
+def test_a_follow_up_is_resolved_against_the_previous_answer(toy_recommender) -> None:
+    first = toy_recommender.recommend("baker", k=3, blurbs=False)
+    shown = [r.item.id for r in first]
+    again = toy_recommender.recommend("baker", query="not that one", k=3, blurbs=False, previous=shown)
+    assert shown[0] not in {r.item.id for r in again}

@@ -174,6 +174,8 @@ def _print_recs(recs: Recommendations) -> None:
         + (f" ({recs.query!r})" if recs.query else "")
         + f": {STRATEGY_TEXT[recs.strategy]}"
     )
+    if recs.understood_text:
+        print(f"Understood: {recs.understood_text}")
     for rec in recs:
         print(f"{rec.rank:>2}. {rec.item.title}  [{rec.item.category}]  score {rec.score:.3f}")
         if rec.because:

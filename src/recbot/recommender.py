@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 
+from recbot.ask import AskIndex, Interpretation, interpret
 from recbot.catalog import Format
 from recbot.config import Settings
 from recbot.errors import ConfigError, FilterError, IndexNotBuiltError, UnknownItemError
@@ -49,22 +51,37 @@ class BlurbWriter(Protocol):
 
 
 class Recommendations(list[Recommendation]):
-    """A list of Recommendation that also says how it was made."""
+    """A list of Recommendation that also says how it was made (and, for an ask, how the
+    ask was understood: ``understood`` and its one-line ``understood_text``)."""
 
-    def __init__(self, recs: list[Recommendation], *, user_id: str, query: str | None, strategy: Strategy) -> None:
+    def __init__(
+        self,
+        recs: list[Recommendation],
+        *,
+        user_id: str,
+        query: str | None,
+        strategy: Strategy,
+        understood: Interpretation | None = None,
+        understood_text: str | None = None,
+    ) -> None:
         super().__init__(recs)
         self.user_id = user_id
         self.query = query
         self.strategy: Strategy = strategy
+        self.understood = understood
+        self.understood_text = understood_text
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object of ``recbot recommend --json``."""
-        return {
+        out: dict[str, Any] = {
             "user_id": self.user_id,
             "query": self.query,
             "strategy": self.strategy,
             "recommendations": [r.to_dict() for r in self],
         }
+        if self.understood is not None:
+            out["understood"] = {**self.understood.to_dict(), "text": self.understood_text}
+        return out
 
 
 class Recommender:
@@ -98,6 +115,7 @@ class Recommender:
         self._version = storage.get_meta("version")
         self._popularity: dict[str, int] | None = None
         self._collab: tuple[Snapshot, CollabModel] | None = None  # fitted on the stored interactions
+        self._ask_index: AskIndex | None = None  # the catalog's titles, categories and tags, for asks
 
     @classmethod
     def open(
@@ -149,8 +167,15 @@ class Recommender:
         filters: Filters | None = None,
         blurbs: bool = True,
         surprise: bool = False,
+        previous: Sequence[str] = (),
     ) -> Recommendations:
         """Recommend ``k`` items to ``user_id``, optionally steered by a free-text ask.
+
+        The ask is interpreted first (``recbot.ask``): a category it names becomes a
+        filter, negated tags, categories and titles become exclusions, titles it names
+        steer by their own item vectors (and are not recommended themselves), the rest
+        is embedded; its weight against the history follows how much it says (a vague
+        "more please" leaves the history alone).
 
         Args:
             user_id: whose history to use; an unknown user is a cold start.
@@ -160,6 +185,8 @@ class Recommender:
             filters: more metadata equality filters (``{"tags": "jazz"}`` means has the tag).
             blurbs: write a blurb for each item (needs a writer; skipped otherwise).
             surprise: favour diversity over closeness (lower MMR lambda).
+            previous: item ids of the previous answer, in order, for follow-ups
+                ("more like the second one", "not that one").
 
         Returns:
             Recommendations (a list of Recommendation, best first) with ``.strategy``.
@@ -175,17 +202,24 @@ class Recommender:
         catalog = self.storage.items()
         if not catalog:
             raise IndexNotBuiltError(f"no catalog in {self.settings.data_dir}; run: recbot ingest CATALOG")
+        understood = self._interpret(query, catalog, previous) if query and query.strip() else None
+        if understood is not None:
+            category = category or understood.category
+            surprise = surprise or understood.surprise
         if category:
             category = self._canonical_category(category, catalog)
         all_filters = {**(filters or {}), **({"category": category} if category else {})}
         history = [h for h in self.storage.history(user_id) if h.item_id in catalog]
         feedback = self.storage.feedback(user_id)
         exclude = frozenset(h.item_id for h in history) | {i for i, v in feedback.items() if v < 0}
+        if understood is not None:
+            exclude |= _excluded_by(understood, catalog, asks_for_similar=bool(_SIMILAR.search(query or "")))
 
         hist_vectors, weights = self._history_vectors(user_id, history)
         profile = build_profile(hist_vectors, weights, dislike_weight=self.settings.dislike_weight)
-        ask = self.embedder.encode([query], show_progress=False)[0] if query and query.strip() else None
-        target = blend_query(profile, ask, self.settings.query_weight)
+        ask = self._ask_vector(understood) if understood is not None else None
+        ask_weight = self.settings.query_weight * (understood.informativeness if understood is not None else 1.0)
+        target = blend_query(profile, ask, ask_weight)
         strategy: Strategy = (
             "popular"
             if target is None
@@ -198,7 +232,7 @@ class Recommender:
         lam = self.settings.surprise_mmr_lambda if surprise else self.settings.mmr_lambda
         hybrid = self._hybrid() if profile is not None and self.settings.hybrid else None
         if hybrid is not None and profile is not None:
-            ids, relevance = self._hybrid_candidates(hybrid, history, profile, ask, all_filters, exclude)
+            ids, relevance = self._hybrid_candidates(hybrid, history, profile, ask, all_filters, exclude, ask_weight)
             strategy = "hybrid" if ask is None else "hybrid+query"
         elif target is not None:
             hits = self.store.search(target, self.settings.candidates, filters=all_filters or None, exclude=exclude)
@@ -225,7 +259,10 @@ class Recommender:
         if blurbs and self.writer is not None and recs:
             recs = self.writer.write([(catalog[h.item_id], h) for h in history], recs, catalog)
         logger.debug("recommend(%s) %s in %.1f ms", user_id, strategy, (time.perf_counter() - started) * 1e3)
-        return Recommendations(recs, user_id=user_id, query=query, strategy=strategy)
+        text = understood.describe({i: it.title for i, it in catalog.items()}) if understood is not None else None
+        return Recommendations(
+            recs, user_id=user_id, query=query, strategy=strategy, understood=understood, understood_text=text
+        )
 
     def ingest(
         self,
@@ -343,6 +380,26 @@ class Recommender:
         return sorted({item.category for item in self.storage.items().values() if item.category})
 
     # -- internals --
+    def _interpret(self, query: str, catalog: Mapping[str, Item], previous: Sequence[str]) -> Interpretation:
+        if self._ask_index is None:
+            self._ask_index = AskIndex(catalog.values())
+        return interpret(query, self._ask_index, previous=previous)
+
+    def _ask_vector(self, understood: Interpretation) -> np.ndarray | None:
+        """The soft text's embedding plus the anchors' own item vectors (a title steers
+        by what the item is, not by the words of its title); None for a vague ask."""
+        parts: list[np.ndarray] = []
+        if understood.soft:
+            parts.append(self.embedder.encode([understood.soft], show_progress=False)[0])
+        anchors = self.store.get_vectors(list(understood.anchors)) if understood.anchors else {}
+        if anchors:
+            parts.append(np.mean(np.stack(list(anchors.values())), axis=0))
+        if not parts:
+            return None
+        vec = np.sum(np.stack(parts), axis=0)
+        norm = float(np.linalg.norm(vec))
+        return vec / norm if norm else None
+
     def _canonical_category(self, category: str, catalog: Mapping[str, Item]) -> str:
         known = {item.category for item in catalog.values() if item.category}
         if category in known:
@@ -360,6 +417,7 @@ class Recommender:
             self.storage.invalidate()
             self._popularity = None
             self._collab = None
+            self._ask_index = None
 
     def _history_vectors(self, user_id: str, history: list[Interaction]) -> tuple[np.ndarray, np.ndarray]:
         if not history:
@@ -400,6 +458,7 @@ class Recommender:
         ask: np.ndarray | None,
         filters: Mapping[str, Any],
         exclude: frozenset[str],
+        ask_weight: float,
     ) -> tuple[list[str], np.ndarray]:
         view, model = hybrid
         scores = score_user(
@@ -408,7 +467,7 @@ class Recommender:
             history,
             view.matrix @ profile,
             None if ask is None else view.matrix @ ask,
-            self.settings.query_weight,
+            ask_weight,
         ).astype(np.float64)
         allowed = view.rows_where(filters) if filters else None
         if allowed is not None:
@@ -434,6 +493,23 @@ class Recommender:
         ids = ids[: self.settings.candidates]
         top = max((pop.get(i, 0) for i in ids), default=0) or 1
         return ids, np.array([pop.get(i, 0) / top for i in ids])
+
+
+# "like X", "similar to X", "another X", "more like the second one": the named item is the
+# reference, not the answer
+_SIMILAR = re.compile(r"\b(like|similar|such as|another|more)\b", re.IGNORECASE)
+
+
+def _excluded_by(understood: Interpretation, catalog: Mapping[str, Item], *, asks_for_similar: bool) -> set[str]:
+    """Items an ask rules out: negated titles and categories, items with a negated tag,
+    and, when it asks for something *like* them, the titles it names ("like X": X itself
+    is not the answer; "a mountain tent" may well mean the Mountain Tent)."""
+    out = set(understood.exclude_items) | (set(understood.anchors) if asks_for_similar else set())
+    cats = set(understood.exclude_categories)
+    tags = {t.casefold() for t in understood.exclude_tags}
+    if cats or tags:
+        out |= {i for i, it in catalog.items() if it.category in cats or tags & {t.casefold() for t in it.tags}}
+    return out
 
 
 def _matches(item: Item, filters: Mapping[str, Any]) -> bool:

@@ -39,9 +39,9 @@ class RecommendInput(BaseModel):
 
 def format_for_llm(recs: Recommendations) -> str:
     """One compact line per item that a calling model can quote."""
+    lines = [f"Understood: {recs.understood_text}"] if recs.understood_text else []
     if not recs:
-        return "No items matched."
-    lines = []
+        return "\n".join([*lines, "No items matched."])
     if recs.strategy in ("query", "popular"):
         lines.append(
             "(No usable history for this user yet: "

@@ -124,7 +124,10 @@ class ChatHandlers:
         except RecbotError as exc:
             yield [*chat, {"role": "assistant", "content": escape_text(f"{type(exc).__name__}: {exc}")}], session
             return
-        chat.append({"role": "assistant", "content": escape_text(STRATEGY_TEXT[recs.strategy].capitalize() + ":")})
+        understood = f"Understood: {recs.understood_text}. " if recs.understood_text else ""
+        chat.append(
+            {"role": "assistant", "content": escape_text(understood + STRATEGY_TEXT[recs.strategy].capitalize() + ":")}
+        )
         if not recs:
             chat.append({"role": "assistant", "content": "Nothing matched; try another category or ask."})
         first = len(chat)
