@@ -67,6 +67,30 @@ def test_a_real_agent_loop_quotes_a_recommended_title(toy_recommender) -> None:
     assert {r["item_id"] for r in artifact}.isdisjoint({"s1", "s2"})  # not already liked
 
 
+def test_a_negated_ask_through_a_real_agent_loop(toy_recommender) -> None:
+    catalog = toy_recommender.storage.items()
+    tool = make_recommend_tool(toy_recommender, user_id="baker", blurbs=False)
+    agent = create_agent(ScriptedToolCaller(args={"query": "no robots and no kitchen", "k": 4}), tools=[tool])
+    result = agent.invoke({"messages": [{"role": "user", "content": "Anything but robots or kitchen stuff?"}]})
+    (message,) = [m for m in result["messages"] if isinstance(m, ToolMessage)]
+    assert message.status == "success" and message.content.startswith("Understood: ")
+    assert "not robots" in message.content.splitlines()[0]
+    items = [catalog[r["item_id"]] for r in message.artifact]
+    assert items and all("robots" not in i.tags and i.category != "kitchen" for i in items)
+
+
+def test_structured_fields_take_the_same_path(toy_recommender) -> None:
+    tool = make_recommend_tool(toy_recommender, user_id="baker", blurbs=False)
+    call = {"exclude_tags": ["robots"], "like_items": ["Space Station"], "k": 3}
+    message = tool.invoke({"name": tool.name, "args": call, "id": "1", "type": "tool_call"})
+    assert message.status == "success"
+    assert message.content.splitlines()[0] == "Understood: not robots, like Space Station"
+    catalog = toy_recommender.storage.items()
+    assert all("robots" not in catalog[r["item_id"]].tags and r["item_id"] != "s3" for r in message.artifact)
+    bad = tool.invoke({"name": tool.name, "args": {"like_items": ["No Such Thing"]}, "id": "2", "type": "tool_call"})
+    assert bad.status == "error" and "UnknownItemError: no catalog item is called" in bad.content
+
+
 @pytest.mark.parametrize(
     ("args", "expected"),
     [

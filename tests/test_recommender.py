@@ -115,3 +115,10 @@ def test_a_follow_up_is_resolved_against_the_previous_answer(toy_recommender) ->
     shown = [r.item.id for r in first]
     again = toy_recommender.recommend("baker", query="not that one", k=3, blurbs=False, previous=shown)
     assert shown[0] not in {r.item.id for r in again}
+
+
+def test_an_ask_nothing_meets_is_relaxed_out_loud(toy_recommender) -> None:
+    recs = toy_recommender.recommend("baker", query="a film, no baking, not space", k=3, blurbs=False)
+    assert recs, "the answer is never empty because of the ask's constraints"
+    assert recs.relaxed and recs.relaxed.startswith("nothing in the catalog is films, not baking, not space")
+    assert recs.to_dict()["understood"]["relaxed"] == recs.relaxed

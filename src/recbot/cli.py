@@ -176,6 +176,8 @@ def _print_recs(recs: Recommendations) -> None:
     )
     if recs.understood_text:
         print(f"Understood: {recs.understood_text}")
+    if recs.relaxed:
+        print(f"Note: {recs.relaxed}")
     for rec in recs:
         print(f"{rec.rank:>2}. {rec.item.title}  [{rec.item.category}]  score {rec.score:.3f}")
         if rec.because:

@@ -6,6 +6,7 @@ import logging
 import re
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -70,6 +71,7 @@ class Recommendations(list[Recommendation]):
         self.strategy: Strategy = strategy
         self.understood = understood
         self.understood_text = understood_text
+        self.relaxed: str | None = None  # set when the ask's hard constraints matched nothing and were dropped
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object of ``recbot recommend --json``."""
@@ -80,7 +82,7 @@ class Recommendations(list[Recommendation]):
             "recommendations": [r.to_dict() for r in self],
         }
         if self.understood is not None:
-            out["understood"] = {**self.understood.to_dict(), "text": self.understood_text}
+            out["understood"] = {**self.understood.to_dict(), "text": self.understood_text, "relaxed": self.relaxed}
         return out
 
 
@@ -168,6 +170,10 @@ class Recommender:
         blurbs: bool = True,
         surprise: bool = False,
         previous: Sequence[str] = (),
+        relax: bool = True,
+        exclude_tags: Sequence[str] = (),
+        exclude_categories: Sequence[str] = (),
+        like: Sequence[str] = (),
     ) -> Recommendations:
         """Recommend ``k`` items to ``user_id``, optionally steered by a free-text ask.
 
@@ -187,6 +193,11 @@ class Recommender:
             surprise: favour diversity over closeness (lower MMR lambda).
             previous: item ids of the previous answer, in order, for follow-ups
                 ("more like the second one", "not that one").
+            relax: when the ask's hard constraints leave nothing, answer without them
+                and say so in ``relaxed`` (never silently).
+            exclude_tags, exclude_categories, like: the same constraints as structured
+                fields, for hosts that prefer them (``like``: item ids or titles); they
+                join the interpretation of ``query``.
 
         Returns:
             Recommendations (a list of Recommendation, best first) with ``.strategy``.
@@ -202,7 +213,7 @@ class Recommender:
         catalog = self.storage.items()
         if not catalog:
             raise IndexNotBuiltError(f"no catalog in {self.settings.data_dir}; run: recbot ingest CATALOG")
-        understood = self._interpret(query, catalog, previous) if query and query.strip() else None
+        understood = self._interpret(query or "", catalog, previous, exclude_tags, exclude_categories, like)
         if understood is not None:
             category = category or understood.category
             surprise = surprise or understood.surprise
@@ -213,7 +224,8 @@ class Recommender:
         feedback = self.storage.feedback(user_id)
         exclude = frozenset(h.item_id for h in history) | {i for i, v in feedback.items() if v < 0}
         if understood is not None:
-            exclude |= _excluded_by(understood, catalog, asks_for_similar=bool(_SIMILAR.search(query or "")))
+            similar = bool(like) or bool(_SIMILAR.search(query or ""))
+            exclude |= _excluded_by(understood, catalog, asks_for_similar=similar)
 
         hist_vectors, weights = self._history_vectors(user_id, history)
         profile = build_profile(hist_vectors, weights, dislike_weight=self.settings.dislike_weight)
@@ -256,6 +268,23 @@ class Recommender:
                 Reason(history[h].item_id, catalog[history[h].item_id].title, s, int(counts[h])) for h, s in reasons
             )
             recs.append(Recommendation(item=catalog[ids[j]], score=float(relevance[j]), rank=rank, because=because))
+        if not recs and relax and understood is not None and _hard(understood):
+            # nothing meets the ask's hard constraints: say so, and answer without them
+            relaxed = self.recommend(
+                user_id,
+                understood.soft or None,
+                k,
+                None,
+                filters=filters,
+                blurbs=blurbs,
+                surprise=surprise,
+                relax=False,
+            )
+            relaxed.query = query
+            relaxed.understood = understood
+            relaxed.understood_text = understood.describe({i: it.title for i, it in catalog.items()})
+            relaxed.relaxed = f"nothing in the catalog is {relaxed.understood_text}; showing the closest without that"
+            return relaxed
         if blurbs and self.writer is not None and recs:
             recs = self.writer.write([(catalog[h.item_id], h) for h in history], recs, catalog)
         logger.debug("recommend(%s) %s in %.1f ms", user_id, strategy, (time.perf_counter() - started) * 1e3)
@@ -380,10 +409,43 @@ class Recommender:
         return sorted({item.category for item in self.storage.items().values() if item.category})
 
     # -- internals --
-    def _interpret(self, query: str, catalog: Mapping[str, Item], previous: Sequence[str]) -> Interpretation:
+    def _interpret(
+        self,
+        query: str,
+        catalog: Mapping[str, Item],
+        previous: Sequence[str],
+        exclude_tags: Sequence[str] = (),
+        exclude_categories: Sequence[str] = (),
+        like: Sequence[str] = (),
+    ) -> Interpretation | None:
+        """The ask's interpretation merged with the structured constraints; None for neither."""
+        if not query.strip() and not (exclude_tags or exclude_categories or like):
+            return None
         if self._ask_index is None:
             self._ask_index = AskIndex(catalog.values())
-        return interpret(query, self._ask_index, previous=previous)
+        understood = interpret(query, self._ask_index, previous=previous)
+        anchors = list(understood.anchors)
+        for ref in like:  # an item id, else a title as a user would type it
+            found = (ref,) if ref in catalog else interpret(f"like {ref}", self._ask_index).anchors
+            if not found:
+                raise UnknownItemError(f"no catalog item is called or has the id {ref!r}")
+            anchors += [a for a in found if a not in anchors]
+        merged = replace(
+            understood,
+            exclude_tags=tuple(dict.fromkeys([*understood.exclude_tags, *exclude_tags])),
+            exclude_categories=tuple(
+                dict.fromkeys(
+                    [
+                        *understood.exclude_categories,
+                        *(self._canonical_category(c, catalog) for c in exclude_categories),
+                    ]
+                )
+            ),
+            anchors=tuple(anchors),
+        )
+        if merged != understood:  # structured fields say something even when the text is vague
+            merged = replace(merged, vague=False, informativeness=max(merged.informativeness, 0.5))
+        return merged
 
     def _ask_vector(self, understood: Interpretation) -> np.ndarray | None:
         """The soft text's embedding plus the anchors' own item vectors (a title steers
@@ -493,6 +555,13 @@ class Recommender:
         ids = ids[: self.settings.candidates]
         top = max((pop.get(i, 0) for i in ids), default=0) or 1
         return ids, np.array([pop.get(i, 0) / top for i in ids])
+
+
+def _hard(understood: Interpretation) -> bool:
+    """Whether an ask holds constraints that can leave nothing to recommend."""
+    return bool(
+        understood.category or understood.exclude_categories or understood.exclude_tags or understood.exclude_items
+    )
 
 
 # "like X", "similar to X", "another X", "more like the second one": the named item is the

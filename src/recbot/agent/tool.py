@@ -18,8 +18,10 @@ __all__ = ["RecommendInput", "format_for_llm", "make_recommend_tool"]
 
 DEFAULT_DESCRIPTION = (
     "Recommend catalog items to the current user, based on what they liked before and on what "
-    "they ask for now. Returns one line per item: title, category, why it was picked and a short "
-    "blurb. Only recommend items this tool returns."
+    "they ask for now. Pass the user's ask in plain language: negations ('no horror', 'not a video "
+    "game'), types ('a film'), titles ('like Project Hail Mary') and follow-ups ('more please') are "
+    "understood. Returns how the ask was understood, then one line per item: title, category, why "
+    "it was picked and a short blurb. Only recommend items this tool returns."
 )
 
 
@@ -33,6 +35,11 @@ class RecommendInput(BaseModel):
     )
     k: int = Field(default=5, ge=1, le=20, description="How many items to recommend (1-20).")
     category: str | None = Field(default=None, description="Only items of this catalog category, e.g. 'Books'.")
+    exclude_categories: list[str] = Field(default_factory=list, description="Never items of these categories.")
+    exclude_tags: list[str] = Field(default_factory=list, description="Never items with these tags, e.g. 'horror'.")
+    like_items: list[str] = Field(
+        default_factory=list, description="Titles (or item ids) the answer should resemble; they are not recommended."
+    )
     # Supplied by the host per call (tool.invoke({..., "user_id": ...})), hidden from the model.
     user_id: Annotated[str | None, InjectedToolArg] = Field(default=None)
 
@@ -40,6 +47,8 @@ class RecommendInput(BaseModel):
 def format_for_llm(recs: Recommendations) -> str:
     """One compact line per item that a calling model can quote."""
     lines = [f"Understood: {recs.understood_text}"] if recs.understood_text else []
+    if recs.relaxed:
+        lines.append(f"Note: {recs.relaxed}")
     if not recs:
         return "\n".join([*lines, "No items matched."])
     if recs.strategy in ("query", "popular"):
@@ -73,8 +82,10 @@ def make_recommend_tool(
 
     The user is bound by the host: ``user_id`` here, or per call as the injected
     argument ``user_id`` (``tool.invoke({"query": ..., "user_id": "u1"})``), or
-    ``config["configurable"]["user_id"]``. The model only chooses ``query``, ``k`` and
-    ``category``. Errors (unknown category, no index, bad arguments) come back to the
+    ``config["configurable"]["user_id"]``. The model chooses ``query``, ``k``,
+    ``category`` and, if it prefers structured fields, ``exclude_categories``,
+    ``exclude_tags`` and ``like_items`` (they join the interpretation of ``query``).
+    Errors (unknown category, no index, bad arguments) come back to the
     model as an error ToolMessage, so the agent can carry on.
 
     Args:
@@ -108,13 +119,25 @@ def make_recommend_tool(
         query: str = "",
         k: int = 5,
         category: str | None = None,
+        exclude_categories: list[str] | None = None,
+        exclude_tags: list[str] | None = None,
+        like_items: list[str] | None = None,
         user_id: str | None = None,
         # annotated exactly RunnableConfig: that is how langchain knows to pass the run config
         config: RunnableConfig = None,  # type: ignore[assignment]
     ) -> tuple[str, list[dict[str, Any]]]:
         user = resolve_user(user_id, config)
         try:
-            recs = recommender.recommend(user, query=query or None, k=k, category=category, blurbs=blurbs)
+            recs = recommender.recommend(
+                user,
+                query=query or None,
+                k=k,
+                category=category,
+                blurbs=blurbs,
+                exclude_categories=exclude_categories or (),
+                exclude_tags=exclude_tags or (),
+                like=like_items or (),
+            )
         except RecbotError as exc:
             raise ToolException(f"{type(exc).__name__}: {exc}") from exc
         return format_for_llm(recs), [r.to_dict() for r in recs]
@@ -123,11 +146,16 @@ def make_recommend_tool(
         query: str = "",
         k: int = 5,
         category: str | None = None,
+        exclude_categories: list[str] | None = None,
+        exclude_tags: list[str] | None = None,
+        like_items: list[str] | None = None,
         user_id: str | None = None,
         config: RunnableConfig = None,  # type: ignore[assignment]
     ) -> tuple[str, list[dict[str, Any]]]:
         # the models run in a worker thread: the event loop stays free
-        return await asyncio.to_thread(run, query, k, category, user_id, config)
+        return await asyncio.to_thread(
+            run, query, k, category, exclude_categories, exclude_tags, like_items, user_id, config
+        )
 
     return StructuredTool.from_function(
         func=run,

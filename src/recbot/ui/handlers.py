@@ -53,6 +53,7 @@ class Session:
 
     user_id: str | None = None
     shown: dict[int, str] = field(default_factory=dict)  # chat message index -> item id
+    last: tuple[str, ...] = ()  # the previous answer's item ids, in order: "more like the second one"
 
 
 def _demo_people() -> dict[str, dict[str, str]]:
@@ -120,11 +121,13 @@ class ChatHandlers:
                 category=category or None,
                 blurbs=False,
                 surprise=surprise,
+                previous=session.last,
             )
         except RecbotError as exc:
             yield [*chat, {"role": "assistant", "content": escape_text(f"{type(exc).__name__}: {exc}")}], session
             return
         understood = f"Understood: {recs.understood_text}. " if recs.understood_text else ""
+        understood += f"Note: {recs.relaxed}. " if recs.relaxed else ""
         chat.append(
             {"role": "assistant", "content": escape_text(understood + STRATEGY_TEXT[recs.strategy].capitalize() + ":")}
         )
@@ -136,7 +139,7 @@ class ChatHandlers:
         for i, r in enumerate(recs):
             chat.append({"role": "assistant", "content": card(r, "…" if self.blurbs else None)})
             shown[first + i] = r.item.id
-        session = Session(user, shown)
+        session = Session(user, shown, tuple(r.item.id for r in recs))
         yield list(chat), session
         if not self.blurbs or not recs:
             return
