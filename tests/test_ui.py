@@ -325,3 +325,94 @@ def test_bad_auth_is_a_clear_error(tmp_path: Path, capsys) -> None:
 
     assert main(["--data-dir", str(tmp_path), "chat", "--auth", "nopassword"]) == 1
     assert capsys.readouterr().err.strip() == "ConfigError: --auth takes USER:PASS"
+
+
+GAMES = [
+    {
+        "id": "g1",
+        "title": "Catan",
+        "category": "games",
+        "tags": ["board game", "trading"],
+        "description": "trade and build",
+    },
+    {"id": "g2", "title": "Chess Set", "category": "games", "tags": ["board game", "strategy"], "description": "chess"},
+    {
+        "id": "g3",
+        "title": "Ticket to Ride",
+        "category": "games",
+        "tags": ["board game", "family"],
+        "description": "trains",
+    },
+    {"id": "g4", "title": "Dixit", "category": "games", "tags": ["board game", "party"], "description": "stories"},
+    {
+        "id": "g5",
+        "title": "Terraforming Mars",
+        "category": "games",
+        "tags": ["board game", "strategy"],
+        "description": "mars",
+    },
+    {"id": "g6", "title": "Azul", "category": "games", "tags": ["board game", "family"], "description": "tiles"},
+    {"id": "g7", "title": "Hades", "category": "games", "tags": ["video game", "action"], "description": "underworld"},
+    {"id": "g8", "title": "Carcassonne", "category": "games", "tags": ["board game", "family"], "description": "tiles"},
+    {"id": "g9", "title": "Celeste", "category": "games", "tags": ["video game", "platformer"], "description": "climb"},
+    {"id": "g10", "title": "Wingspan", "category": "games", "tags": ["board game", "family"], "description": "birds"},
+]
+GAMER = [
+    {"user_id": "gamer", "item_id": "g7", "rating": 5, "timestamp": 1735689600},
+    {"user_id": "gamer", "item_id": "g4", "rating": 5, "timestamp": 1738368000},
+    {"user_id": "other", "item_id": "g1", "rating": 5, "timestamp": 1738368000},
+]
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (.ci/run installs it)")
+def test_browser_two_turns_with_a_follow_up(tmp_path: Path, tiny_gpt2: Path) -> None:
+    """'a board game, no strategy', then 'more like the second one': both answers keep the
+    constraints, and the second is anchored on the first answer's second item."""
+    from playwright.sync_api import sync_playwright
+
+    from recbot.ui.app import build_demo
+
+    settings = Settings.create(
+        data_dir=tmp_path / "data", generator=str(tiny_gpt2), max_new_tokens=12, num_candidates=1
+    )
+    rec = Recommender(
+        settings, storage=open_storage(settings), store=open_store(settings), embedder=KeywordEmbedder(),
+        writer=LazyWriter(settings),
+    )  # fmt: skip
+    rec.ingest(write_jsonl(tmp_path / "c.jsonl", GAMES), interactions=write_jsonl(tmp_path / "i.jsonl", GAMER))
+    by_title = {i.title: i for i in rec.storage.items().values()}
+    demo = build_demo(rec)
+    demo.queue()
+    _, url, _ = demo.launch(
+        server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True, ssr_mode=False
+    )
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            page.goto(url.rstrip("/"))
+            page.wait_for_selector("#ask textarea")
+            page.click("#user-picker input")
+            page.keyboard.type("gamer")
+            page.keyboard.press("Enter")
+            page.wait_for_function("document.querySelector('#status').innerText.includes('gamer')")
+            page.fill("#ask textarea", "a board game, no strategy")
+            page.click("#send")
+            first = _wait_for_answer(page, 1)
+            assert len(first) >= 2
+            for title in first:
+                assert "board game" in by_title[title].tags and "strategy" not in by_title[title].tags, title
+            second_item = first[1]
+            page.fill("#ask textarea", "more like the second one")
+            page.click("#send")
+            second = _wait_for_answer(page, 2)
+            assert second and second_item not in second
+            for title in second:
+                assert "board game" in by_title[title].tags and "strategy" not in by_title[title].tags, title
+            assert page.locator("#chat").inner_text().count(f"like {second_item}") >= 1
+            OUT.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(OUT / "chat-follow-up.png"), full_page=True)
+            browser.close()
+    finally:
+        demo.close()
+        rec.close()

@@ -174,6 +174,7 @@ class Recommender:
         exclude_tags: Sequence[str] = (),
         exclude_categories: Sequence[str] = (),
         like: Sequence[str] = (),
+        context: Interpretation | None = None,
     ) -> Recommendations:
         """Recommend ``k`` items to ``user_id``, optionally steered by a free-text ask.
 
@@ -198,6 +199,8 @@ class Recommender:
             exclude_tags, exclude_categories, like: the same constraints as structured
                 fields, for hosts that prefer them (``like``: item ids or titles); they
                 join the interpretation of ``query``.
+            context: the previous turn's ``understood``: a follow-up or vague ask ("more
+                like the second one", "more please") keeps its category and exclusions.
 
         Returns:
             Recommendations (a list of Recommendation, best first) with ``.strategy``.
@@ -214,12 +217,23 @@ class Recommender:
         if not catalog:
             raise IndexNotBuiltError(f"no catalog in {self.settings.data_dir}; run: recbot ingest CATALOG")
         understood = self._interpret(query or "", catalog, previous, exclude_tags, exclude_categories, like)
+        if understood is not None and context is not None and (understood.refers_to or understood.vague):
+            understood = replace(
+                understood,
+                category=understood.category or context.category,
+                tags=tuple(dict.fromkeys([*context.tags, *understood.tags])),
+                exclude_tags=tuple(dict.fromkeys([*context.exclude_tags, *understood.exclude_tags])),
+                exclude_categories=tuple(dict.fromkeys([*context.exclude_categories, *understood.exclude_categories])),
+            )
         if understood is not None:
             category = category or understood.category
             surprise = surprise or understood.surprise
         if category:
             category = self._canonical_category(category, catalog)
         all_filters = {**(filters or {}), **({"category": category} if category else {})}
+        kind = _type_tag(understood, category) if understood is not None else None
+        if kind and "tags" not in all_filters:  # "a board game": a kind of item, so a filter, not a taste
+            all_filters["tags"] = kind
         history = [h for h in self.storage.history(user_id) if h.item_id in catalog]
         feedback = self.storage.feedback(user_id)
         exclude = frozenset(h.item_id for h in history) | {i for i, v in feedback.items() if v < 0}
@@ -557,10 +571,23 @@ class Recommender:
         return ids, np.array([pop.get(i, 0) / top for i in ids])
 
 
+def _type_tag(understood: Interpretation, category: str | None) -> str | None:
+    """A tag the ask names that is a kind of the category ("board game" in Games), as written
+    in the catalog; other named tags ("cosy") stay a preference."""
+    if not category:
+        return None
+    head = category.casefold().rstrip("s")
+    return next((t for t in understood.tags if t.casefold().split()[-1].rstrip("s") == head), None)
+
+
 def _hard(understood: Interpretation) -> bool:
     """Whether an ask holds constraints that can leave nothing to recommend."""
     return bool(
-        understood.category or understood.exclude_categories or understood.exclude_tags or understood.exclude_items
+        understood.category
+        or understood.exclude_categories
+        or understood.exclude_tags
+        or understood.exclude_items
+        or understood.tags
     )
 
 

@@ -54,6 +54,7 @@ class Session:
     user_id: str | None = None
     shown: dict[int, str] = field(default_factory=dict)  # chat message index -> item id
     last: tuple[str, ...] = ()  # the previous answer's item ids, in order: "more like the second one"
+    understood: Any = None  # the previous ask's Interpretation: a follow-up keeps its constraints
 
 
 def _demo_people() -> dict[str, dict[str, str]]:
@@ -122,6 +123,7 @@ class ChatHandlers:
                 blurbs=False,
                 surprise=surprise,
                 previous=session.last,
+                context=session.understood,
             )
         except RecbotError as exc:
             yield [*chat, {"role": "assistant", "content": escape_text(f"{type(exc).__name__}: {exc}")}], session
@@ -139,7 +141,7 @@ class ChatHandlers:
         for i, r in enumerate(recs):
             chat.append({"role": "assistant", "content": card(r, "…" if self.blurbs else None)})
             shown[first + i] = r.item.id
-        session = Session(user, shown, tuple(r.item.id for r in recs))
+        session = Session(user, shown, tuple(r.item.id for r in recs), recs.understood or session.understood)
         yield list(chat), session
         if not self.blurbs or not recs:
             return
