@@ -251,17 +251,19 @@ class AskIndex:
         self.tags: tuple[str, ...] = tuple(dict.fromkeys(t for i in items for t in i.tags if t))
         self.category_of: dict[str, str] = {i.id: i.category for i in items}
 
-        # phrase key -> ("category" | "tag", catalog name); exact spellings first, plural variants after
+        # phrase key -> ("category" | "tag", catalog name): categories first, in every spelling, then
+        # tags; within each, exact spellings before plural variants. A tag that is a category's
+        # singular ("book" on a field guide in Outdoors) must not take "a book" away from Books.
         self._phrases: dict[tuple[str, ...], tuple[str, str]] = {}
-        named = [("category", c) for c in self.categories] + [("tag", t) for t in self.tags]
-        for kind, name in named:
-            key = _words(name)
-            if key:
-                self._phrases.setdefault(key, (kind, name))
-        for kind, name in named:
-            key = _words(name)
-            for variant in _plural_variants(key[-1]) if key else ():
-                self._phrases.setdefault((*key[:-1], variant), (kind, name))
+        for named in ([("category", c) for c in self.categories], [("tag", t) for t in self.tags]):
+            for kind, name in named:
+                key = _words(name)
+                if key:
+                    self._phrases.setdefault(key, (kind, name))
+            for kind, name in named:
+                key = _words(name)
+                for variant in _plural_variants(key[-1]) if key else ():
+                    self._phrases.setdefault((*key[:-1], variant), (kind, name))
         synonyms = DEFAULT_SYNONYMS if synonyms is None else synonyms
         for phrase, target in synonyms.items():
             # the target's one-word synonyms are its other names: "movie" finds "Movies & TV" for "to watch"
@@ -439,7 +441,8 @@ class Interpretation:
         negated += [titles.get(i, i) for i in self.exclude_items] + list(self.avoid_text)
         parts += [f"not {n}" for n in negated]
         if self.anchors:
-            parts.append("like " + " and ".join(titles.get(i, i) for i in self.anchors))
+            # a book and its film share a title: name it once
+            parts.append("like " + " and ".join(dict.fromkeys(titles.get(i, i) for i in self.anchors)))
         if self.soft:
             parts.append(self.soft)
         if self.surprise:
