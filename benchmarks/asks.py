@@ -7,6 +7,12 @@ interpreter's failing cases, and the JSON report. Read-only: no blurbs are writt
 
     recbot ingest src/recbot/demo/catalog.jsonl --interactions src/recbot/demo/interactions.jsonl
     python benchmarks/asks.py --data-dir .recbot
+
+Or asks generated from an ingested catalog's own genre tags and popular titles
+(``recbot.eval.asks.generated_cases``), spread over the users with a history, e.g. MovieLens:
+
+    recbot --data-dir /tmp/ml-asks ingest ml-latest-small
+    python benchmarks/asks.py --data-dir /tmp/ml-asks --generated 300   # or --movielens (300)
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from pathlib import Path
 
 import recbot
 from recbot import Recommender
-from recbot.eval.asks import KINDS, MODES, load_cases, run_asks
+from recbot.eval.asks import KINDS, MODES, generated_cases, load_cases, run_asks
 
 CASES = Path(recbot.__file__).parent / "demo" / "asks.jsonl"
 
@@ -43,12 +49,25 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, required=True, help="an ingested demo data dir")
     parser.add_argument("--cases", type=Path, default=CASES)
+    parser.add_argument("--generated", type=int, default=0, metavar="N", help="run N asks generated from the catalog")
+    parser.add_argument("--movielens", action="store_true", help="generated asks only (300 unless --generated)")
+    parser.add_argument("--also-bundled", action="store_true", help="with --generated, run --cases too")
+    parser.add_argument("--seed", type=int, default=0, help="seed for --generated")
     parser.add_argument("-k", type=int, default=5)
     parser.add_argument("--json", type=Path, help="also write the report here")
     args = parser.parse_args(argv)
 
-    cases = load_cases(args.cases)
+    if args.movielens and not args.generated:
+        args.generated = 300
     with Recommender.open(args.data_dir) as rec:
+        cases = load_cases(args.cases) if not args.generated or args.also_bundled else []
+        if args.generated:
+            storage = rec.storage
+            cases += generated_cases(
+                storage.items(), storage.users(), n=args.generated, seed=args.seed, popularity=storage.popularity()
+            )
+        if not cases:
+            parser.error("no cases: the data dir has no users or genre tags")
         rec.recommend(cases[0].user, query="warm-up", k=args.k, blurbs=False)  # load the encoder outside the timings
         report = run_asks(rec, cases, k=args.k)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import recbot
-from recbot.eval.asks import AskCase, check, embedding_only_interpretation, load_cases
+from recbot.eval.asks import AskCase, check, embedding_only_interpretation, generated_cases, load_cases
 from recbot.recommender import Recommendations
 from recbot.types import Item, Recommendation
 
@@ -125,3 +125,95 @@ def test_bundled_cases_refer_to_the_demo_catalog() -> None:
         assert has_constraint or case.anchor or case.vague, case
     assert len({c.user for c in cases}) == 10
     assert sum(c.vague for c in cases) >= 5 and sum(c.anchor is not None for c in cases) >= 5
+
+
+GENRES = ("Comedy", "Romance", "Horror", "Sci-Fi", "War", "Drama")
+MOVIES = {
+    item.id: item
+    for item in [
+        Item(str(n), f"Movie {word} ({1990 + n})", category=tags[0], tags=tags)
+        for n, (word, tags) in enumerate(
+            [
+                ("Alpha", ("Comedy", "Romance")),
+                ("Bravo", ("Comedy", "Drama", "sweet")),
+                ("Charlie", ("Horror", "Sci-Fi")),
+                ("Delta", ("Drama", "War")),
+                ("Echo", ("Comedy", "Horror")),
+                ("Foxtrot", ("Romance", "Drama")),
+                ("Golf", ("Sci-Fi", "War", "Drama")),
+                ("Hotel", ("Horror",)),
+                ("India", ("Comedy", "Sci-Fi")),
+                ("Juliet", ("Romance", "War")),
+            ],
+            1,
+        )
+    ]
+}
+USERS = ["u1", "u2", "u3"]
+
+
+def test_generated_cases_are_deterministic_and_use_catalog_tags_and_ids() -> None:
+    popularity = {"1": 9, "3": 7, "7": 5}
+    cases = generated_cases(MOVIES, USERS, n=40, seed=3, popularity=popularity, anchor_pool=3)
+    assert cases == generated_cases(MOVIES, USERS, n=40, seed=3, popularity=popularity, anchor_pool=3)
+    assert cases != generated_cases(MOVIES, USERS, n=40, seed=4, popularity=popularity, anchor_pool=3)
+    assert 30 <= len(cases) <= 40 and len({c.ask for c in cases}) == len(cases)
+    assert {c.user for c in cases} == set(USERS)
+    tags = {t for item in MOVIES.values() for t in item.tags}
+    for case in cases:
+        assert set(case.exclude_tags) <= set(GENRES) <= tags, case  # exact spelling, genres only
+        assert case.anchor is None or case.anchor in popularity, case
+        assert not (case.category or case.exclude_categories or case.exclude_items or case.vague), case
+        assert case.exclude_tags or case.anchor, case
+        assert case.ask == case.ask.lower() or case.anchor, case
+        if case.anchor and case.exclude_tags:  # "like X but no <a genre of X>"
+            assert case.exclude_tags[0] in MOVIES[case.anchor].tags
+            assert case.exclude_tags[0] != MOVIES[case.anchor].category
+    assert {bool(c.anchor) for c in cases} == {True, False}
+    assert any(" but no " in c.ask or "but without" in c.ask for c in cases)
+    assert any("Movie Alpha" in c.ask and "1991" not in c.ask for c in cases if c.anchor == "1")
+
+
+def _compliant(case: AskCase) -> list[str]:
+    """A hand-picked answer: no excluded tag, never the anchor, top item sharing a category or tag with it."""
+    excluded = set(case.exclude_tags)
+    ok = [i for i, item in MOVIES.items() if i != case.anchor and not excluded & set(item.tags)]
+    if case.anchor is not None:
+        anchor = MOVIES[case.anchor]
+        ok.sort(key=lambda i: MOVIES[i].category != anchor.category and not set(MOVIES[i].tags) & set(anchor.tags))
+    return ok[:2]
+
+
+def test_generated_cases_pass_a_compliant_answer_and_fail_a_violating_one() -> None:
+    cases = generated_cases(MOVIES, USERS, n=40, seed=0, popularity={"1": 3, "7": 2, "5": 1})
+    for case in cases:
+        answer = _compliant(case)
+        assert answer, case
+        good = Recommendations(
+            [Recommendation(MOVIES[i], 1.0, n + 1) for n, i in enumerate(answer)],
+            user_id="u",
+            query="q",
+            strategy="profile",
+        )
+        assert check(case, good, MOVIES) == [], case
+        bad_ids = list(answer)
+        if case.exclude_tags:
+            bad_ids.append(next(i for i, item in MOVIES.items() if case.exclude_tags[0] in item.tags))
+        if case.anchor is not None:
+            bad_ids.append(case.anchor)
+        bad = Recommendations(
+            [Recommendation(MOVIES[i], 1.0, n + 1) for n, i in enumerate(bad_ids)],
+            user_id="u",
+            query="q",
+            strategy="profile",
+        )
+        found = set(kinds(check(case, bad, MOVIES)))
+        assert ("exclude_tag" in found) == bool(case.exclude_tags), case
+        assert ("anchor_recommended" in found) == (case.anchor is not None), case
+
+
+def test_generated_cases_on_a_catalog_without_genre_categories_use_frequent_tags() -> None:
+    cases = generated_cases(CATALOG, ["u"], n=10, seed=1)
+    tags = {t for item in CATALOG.values() for t in item.tags}
+    assert cases and all(set(c.exclude_tags) <= tags for c in cases)
+    assert generated_cases(CATALOG, [], n=10) == [] and generated_cases(CATALOG, ["u"], n=0) == []

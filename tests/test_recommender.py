@@ -122,3 +122,18 @@ def test_an_ask_nothing_meets_is_relaxed_out_loud(toy_recommender) -> None:
     assert recs, "the answer is never empty because of the ask's constraints"
     assert recs.relaxed and recs.relaxed.startswith("nothing in the catalog is films, not baking, not space")
     assert recs.to_dict()["understood"]["relaxed"] == recs.relaxed
+
+
+def test_a_negated_category_also_excludes_items_tagged_with_it(toy_recommender) -> None:
+    """MovieLens makes the first genre the category and every genre a tag: 'no thriller'
+    must drop a Drama tagged Thriller too."""
+    from recbot.ask import Interpretation
+    from recbot.recommender import _excluded_by
+    from recbot.types import Item
+
+    catalog = {"a": Item("a", "A", category="Drama", tags=("Drama", "Thriller")), "b": Item("b", "B", category="Drama")}
+    understood = Interpretation(
+        category=None, exclude_categories=("Thriller",), exclude_tags=(), anchors=(), exclude_items=(),
+        avoid_text=(), soft="", vague=False, surprise=False, refers_to=(), reject_previous=(), informativeness=0.5,
+    )  # fmt: skip
+    assert _excluded_by(understood, catalog, asks_for_similar=False) == {"a"}

@@ -602,8 +602,10 @@ def _excluded_by(understood: Interpretation, catalog: Mapping[str, Item], *, ask
     is not the answer; "a mountain tent" may well mean the Mountain Tent)."""
     out = set(understood.exclude_items) | (set(understood.anchors) if asks_for_similar else set())
     cats = set(understood.exclude_categories)
-    tags = {t.casefold() for t in understood.exclude_tags}
-    if cats or tags:
+    # "no thriller" where Thriller is a category (MovieLens: the first genre) also means no item
+    # tagged thriller: a category name counts as a tag here
+    tags = {t.casefold() for t in (*understood.exclude_tags, *cats)}
+    if tags:
         out |= {i for i, it in catalog.items() if it.category in cats or tags & {t.casefold() for t in it.tags}}
     return out
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import json
 import math
+import random
+import re
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -30,7 +32,16 @@ from recbot.types import Item, Recommendation
 if TYPE_CHECKING:
     from recbot.recommender import Recommender
 
-__all__ = ["KINDS", "MODES", "AskCase", "check", "embedding_only_interpretation", "load_cases", "run_asks"]
+__all__ = [
+    "KINDS",
+    "MODES",
+    "AskCase",
+    "check",
+    "embedding_only_interpretation",
+    "generated_cases",
+    "load_cases",
+    "run_asks",
+]
 
 MODES = ("interpreter", "embedding_only")
 # Violation kinds, the prefix of each string ``check`` returns ("exclude_tag: b18 has horror").
@@ -141,6 +152,146 @@ def check(
         if got != want:
             out.append(f"vague: added {sorted(got - want)}, dropped {sorted(want - got)}")
     return out
+
+
+# Genre words that read as nouns ("a comedy"); other tags read as "some horror", "some sci-fi".
+_NOUN_TAGS = frozenset(
+    "comedy drama thriller western musical documentary romance mystery fantasy adventure "
+    "biography fable novel memoir".split()
+)
+_PHRASE_TAGS = {"children": "something for children", "imax": "something in imax"}
+_GENERATED_KINDS = ("exclude", "want_but_not", "exclude_two", "anchor", "anchor_but_not")
+_KIND_WEIGHTS = (25, 25, 10, 20, 20)
+_YEAR_SUFFIX = re.compile(r"\s*\(\d{4}\)\s*$")
+_TRAILING_ARTICLE = re.compile(r"^(.*), (The|A|An)$")
+
+
+def _genre_tags(catalog: Mapping[str, Item]) -> dict[str, set[str]]:
+    """Genre-like tag -> ids of the items carrying it (exact catalog spelling).
+
+    A tag that is also some item's category is a genre (MovieLens: the first genre is the
+    category and every genre a tag); with fewer than four such tags (a catalog whose
+    categories are kinds of item, like the demo) the 30 most common tags on 2+ items count.
+    Tags on more than 60% of the catalog are left out: excluding them leaves too little.
+    """
+    carriers: dict[str, set[str]] = {}
+    for item in catalog.values():
+        for tag in item.tags:
+            carriers.setdefault(tag, set()).add(item.id)
+    categories = {item.category for item in catalog.values() if item.category}
+    chosen = [t for t in carriers if t in categories]
+    if len(chosen) < 4:
+        ranked = sorted(carriers, key=lambda t: (-len(carriers[t]), t))
+        chosen = [t for t in ranked if len(carriers[t]) >= 2][:30]
+    limit = 0.6 * len(catalog)
+    return {t: carriers[t] for t in sorted(chosen) if 2 <= len(carriers[t]) <= limit}
+
+
+def _spoken_title(item: Item, catalog_titles: Counter[str]) -> str:
+    """The title as a user would type it: "Matrix, The (1999)" -> "The Matrix", unless
+    dropping the year makes it ambiguous in the catalog."""
+    bare = _YEAR_SUFFIX.sub("", item.title).strip()
+    if not bare or catalog_titles[bare.casefold()] > 1:
+        bare = item.title
+    moved = _TRAILING_ARTICLE.match(bare)
+    return f"{moved.group(2)} {moved.group(1)}" if moved else bare
+
+
+def _want(tag: str) -> str:
+    word = tag.lower()
+    if word in _PHRASE_TAGS:
+        return _PHRASE_TAGS[word]
+    if word in _NOUN_TAGS:
+        return f"{'an' if word[0] in 'aeiou' else 'a'} {word}"
+    return f"some {word}"
+
+
+def generated_cases(
+    catalog: Mapping[str, Item],
+    users: Sequence[str],
+    *,
+    n: int = 300,
+    seed: int = 0,
+    popularity: Mapping[str, int] | None = None,
+    anchor_pool: int = 200,
+) -> list[AskCase]:
+    """Up to ``n`` asks built from the catalog's own genre tags and titles, deterministic per seed.
+
+    Five kinds, mixed 25/25/10/20/20: "no horror" (an excluded tag), "a comedy, but not
+    romance" (a wanted tag, which ``check`` cannot test, and an excluded one that co-occurs
+    with it), "no horror or war" (two excluded tags), "something like Toy Story" (an anchor)
+    and "like Toy Story but no comedy" (an anchor and one of its genre tags other than its
+    category excluded, so the top item can still share the anchor's category). Anchors are
+    drawn from the ``anchor_pool`` items most users have (``popularity``: item id -> number
+    of users), or from the whole catalog without it. Users are visited in a shuffled cycle.
+    Asks are lowercase except titles; excluded tags keep the catalog's spelling. Fewer than
+    ``n`` cases come back only when the catalog cannot yield that many distinct asks.
+    """
+    if n <= 0 or not users or not catalog:
+        return []
+    rng = random.Random(seed)
+    genres = _genre_tags(catalog)
+    names = sorted(genres)
+    if not names:
+        return []
+    titles = Counter(_YEAR_SUFFIX.sub("", item.title).strip().casefold() for item in catalog.values())
+    ranked = sorted(catalog, key=lambda i: (-(popularity or {}).get(i, 0), i))
+    pool = ranked[:anchor_pool] if popularity else sorted(catalog)
+    anchors = [i for i in pool if catalog[i].title.strip()]
+    # An anchor with a genre tag other than its category can take "but no <genre>".
+    splittable = [i for i in anchors if any(t in genres and t != catalog[i].category for t in catalog[i].tags)]
+    order = list(dict.fromkeys(users))
+    rng.shuffle(order)
+    kinds, weights = [], []
+    for kind, weight in zip(_GENERATED_KINDS, _KIND_WEIGHTS, strict=True):
+        if (kind == "anchor" and not anchors) or (kind == "anchor_but_not" and not splittable):
+            continue
+        if kind in ("want_but_not", "exclude_two") and len(names) < 2:
+            continue
+        kinds.append(kind)
+        weights.append(weight)
+
+    cases: list[AskCase] = []
+    seen: set[str] = set()
+    for _ in range(50 * n):
+        if len(cases) >= n:
+            break
+        kind = rng.choices(kinds, weights)[0]
+        user = order[len(cases) % len(order)]
+        if kind == "exclude":
+            tag = rng.choice(names)
+            word = tag.lower()
+            ask = rng.choice([f"no {word}", f"nothing with {word}", f"no {word} please", f"anything without {word}"])
+            case = AskCase(user, ask, exclude_tags=(tag,))
+        elif kind == "want_but_not":
+            want = rng.choice(names)
+            # exclude a genre that often comes with the wanted one, so the filter bites
+            overlap = {t: len(genres[t] & genres[want]) for t in names if t != want}
+            others = [t for t in sorted(overlap) if overlap[t]] or [t for t in names if t != want]
+            tag = rng.choices(others, [overlap[t] or 1 for t in others])[0]
+            w, x = _want(want), tag.lower()
+            ask = rng.choice([f"{w}, but not {x}", f"{w}, no {x}", f"{w} without {x}", f"{w} please, nothing with {x}"])
+            case = AskCase(user, ask, exclude_tags=(tag,))
+        elif kind == "exclude_two":
+            a, b = rng.sample(names, 2)
+            ask = rng.choice([f"no {a.lower()} or {b.lower()}", f"nothing with {a.lower()} or {b.lower()}"])
+            case = AskCase(user, ask, exclude_tags=(a, b))
+        elif kind == "anchor":
+            item = catalog[rng.choice(anchors)]
+            title = _spoken_title(item, titles)
+            ask = rng.choice([f"something like {title}", f"more like {title}", f"i loved {title}, anything similar?"])
+            case = AskCase(user, ask, anchor=item.id)
+        else:
+            item = catalog[rng.choice(splittable)]
+            tag = rng.choice([t for t in item.tags if t in genres and t != item.category])
+            title, x = _spoken_title(item, titles), tag.lower()
+            ask = rng.choice([f"like {title} but no {x}", f"something like {title}, but without {x}"])
+            case = AskCase(user, ask, exclude_tags=(tag,), anchor=item.id)
+        if case.ask in seen:
+            continue
+        seen.add(case.ask)
+        cases.append(case)
+    return cases
 
 
 def embedding_only_interpretation(query: str) -> Interpretation:
