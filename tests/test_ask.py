@@ -237,3 +237,10 @@ def test_synonyms_resolve_against_the_catalog() -> None:
     flicks = AskIndex(CATALOG, synonyms={**DEFAULT_SYNONYMS, "flick": "Films"})
     assert interpret("a flick", flicks).category == "Films"
     assert interpret("a movie", flicks).category == "Films"
+
+
+@pytest.mark.parametrize(("ask", "excluded"), [("nothing with comedy", "Comedy"), ("nothing from kitchen", "kitchen")])
+def test_nothing_with_and_nothing_from_negate(ask: str, excluded: str) -> None:
+    items = [Item("a", "Alpha", category="Comedy", tags=("Comedy",)), Item("c", "Knife", category="kitchen")]
+    understood = interpret(ask, AskIndex(items))
+    assert understood.exclude_categories == (excluded,) and not understood.vague

@@ -115,7 +115,7 @@ _BREAKS = {",", ".", ";", "!", "?", "but", "and", "though", "although", "however
 _TRIGGERS = _phrases(
     "no, not, without, nothing, none, neither, except, except for, excluding, avoid, isnt, arent, dont, "
     "doesnt, dont want, do not want, anything but, but not, no more, rather than, instead of, "
-    "other than"
+    "other than, nothing with, nothing from, nothing about, nothing in, none with, no more of"
 )
 # Dropped from soft text: they say how the user asks, not what for.
 _FILLER = _phrases(
