@@ -137,3 +137,15 @@ def test_a_negated_category_also_excludes_items_tagged_with_it(toy_recommender) 
         avoid_text=(), soft="", vague=False, surprise=False, refers_to=(), reject_previous=(), informativeness=0.5,
     )  # fmt: skip
     assert _excluded_by(understood, catalog, asks_for_similar=False) == {"a"}
+
+
+def test_a_thumbs_up_reaches_the_collaborative_model_without_reingesting(toy_recommender) -> None:
+    def together(rec) -> int:  # type: ignore[no-untyped-def]
+        recs = rec.recommend("spacefan", k=10, blurbs=False)
+        (s4,) = [r for r in recs if r.item.id == "s4"]
+        return sum(b.also_liked_by for b in s4.because if b.item_id in ("s1", "s2"))
+
+    before = together(toy_recommender)
+    toy_recommender.add_feedback("fan2", "s1", liked=True)
+    toy_recommender.add_feedback("fan2", "s4", liked=True)
+    assert together(toy_recommender) == before + 1

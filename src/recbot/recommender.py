@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -115,6 +116,7 @@ class Recommender:
         self.embedder = embedder
         self.writer = writer
         self._version = storage.get_meta("version")
+        self._interactions = storage.get_meta("interactions")  # bumped by feedback (add_feedback)
         self._popularity: dict[str, int] | None = None
         self._collab: tuple[Snapshot, CollabModel] | None = None  # fitted on the stored interactions
         self._ask_index: AskIndex | None = None  # the catalog's titles, categories and tags, for asks
@@ -405,11 +407,18 @@ class Recommender:
             self.storage.upsert_interactions([Interaction(user_id, item_id, 5.0, None, int(time.time()))])
         else:
             self.storage.remove_interaction(user_id, item_id)
+        self._interactions_changed()
 
     def remove_from_history(self, user_id: str, item_id: str) -> None:
         """Forget one item from a user's history (it may be recommended again)."""
         self.storage.remove_interaction(user_id, item_id)
         self.storage.clear_feedback(user_id, item_id)
+        self._interactions_changed()
+
+    def _interactions_changed(self) -> None:
+        """Feedback changes who liked what: the collaborative model and popularity are refitted
+        on the next call, here and (through the stored token) in other processes."""
+        self.storage.set_meta("interactions", uuid.uuid4().hex)
 
     def history(self, user_id: str) -> list[tuple[Item, Interaction]]:
         catalog = self.storage.items()
@@ -494,6 +503,11 @@ class Recommender:
             self._popularity = None
             self._collab = None
             self._ask_index = None
+        interactions = self.storage.get_meta("interactions")
+        if interactions != self._interactions:
+            self._interactions = interactions
+            self._popularity = None
+            self._collab = None
 
     def _history_vectors(self, user_id: str, history: list[Interaction]) -> tuple[np.ndarray, np.ndarray]:
         if not history:
