@@ -23,7 +23,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 OUT = Path(__file__).resolve().parents[1] / "out" / "screenshots"
 
 
-def _build(tmp: Path, gpt2: Path) -> Recommender:
+def _build(tmp: Path, gpt2: Path, items: list | None = None, interactions: list | None = None) -> Recommender:
     settings = Settings.create(data_dir=tmp / "data", generator=str(gpt2), max_new_tokens=12, num_candidates=1)
     rec = Recommender(
         settings,
@@ -33,7 +33,8 @@ def _build(tmp: Path, gpt2: Path) -> Recommender:
         writer=LazyWriter(settings),
     )
     rec.ingest(
-        write_jsonl(tmp / "c.jsonl", [*TOY_ITEMS, EVIL]), interactions=write_jsonl(tmp / "i.jsonl", TOY_INTERACTIONS)
+        write_jsonl(tmp / "c.jsonl", items or [*TOY_ITEMS, EVIL]),
+        interactions=write_jsonl(tmp / "i.jsonl", interactions or TOY_INTERACTIONS),
     )
     return rec
 
@@ -327,35 +328,21 @@ def test_bad_auth_is_a_clear_error(tmp_path: Path, capsys) -> None:
     assert capsys.readouterr().err.strip() == "ConfigError: --auth takes USER:PASS"
 
 
+def _game(item_id: str, title: str, *tags: str) -> dict:
+    return {"id": item_id, "title": title, "category": "games", "tags": list(tags), "description": title.lower()}
+
+
 GAMES = [
-    {
-        "id": "g1",
-        "title": "Catan",
-        "category": "games",
-        "tags": ["board game", "trading"],
-        "description": "trade and build",
-    },
-    {"id": "g2", "title": "Chess Set", "category": "games", "tags": ["board game", "strategy"], "description": "chess"},
-    {
-        "id": "g3",
-        "title": "Ticket to Ride",
-        "category": "games",
-        "tags": ["board game", "family"],
-        "description": "trains",
-    },
-    {"id": "g4", "title": "Dixit", "category": "games", "tags": ["board game", "party"], "description": "stories"},
-    {
-        "id": "g5",
-        "title": "Terraforming Mars",
-        "category": "games",
-        "tags": ["board game", "strategy"],
-        "description": "mars",
-    },
-    {"id": "g6", "title": "Azul", "category": "games", "tags": ["board game", "family"], "description": "tiles"},
-    {"id": "g7", "title": "Hades", "category": "games", "tags": ["video game", "action"], "description": "underworld"},
-    {"id": "g8", "title": "Carcassonne", "category": "games", "tags": ["board game", "family"], "description": "tiles"},
-    {"id": "g9", "title": "Celeste", "category": "games", "tags": ["video game", "platformer"], "description": "climb"},
-    {"id": "g10", "title": "Wingspan", "category": "games", "tags": ["board game", "family"], "description": "birds"},
+    _game("g1", "Catan", "board game", "trading"),
+    _game("g2", "Chess Set", "board game", "strategy"),
+    _game("g3", "Ticket to Ride", "board game", "family"),
+    _game("g4", "Dixit", "board game", "party"),
+    _game("g5", "Terraforming Mars", "board game", "strategy"),
+    _game("g6", "Azul", "board game", "family"),
+    _game("g7", "Hades", "video game", "action"),
+    _game("g8", "Carcassonne", "board game", "family"),
+    _game("g9", "Celeste", "video game", "platformer"),
+    _game("g10", "Wingspan", "board game", "family"),
 ]
 GAMER = [
     {"user_id": "gamer", "item_id": "g7", "rating": 5, "timestamp": 1735689600},
@@ -372,14 +359,7 @@ def test_browser_two_turns_with_a_follow_up(tmp_path: Path, tiny_gpt2: Path) -> 
 
     from recbot.ui.app import build_demo
 
-    settings = Settings.create(
-        data_dir=tmp_path / "data", generator=str(tiny_gpt2), max_new_tokens=12, num_candidates=1
-    )
-    rec = Recommender(
-        settings, storage=open_storage(settings), store=open_store(settings), embedder=KeywordEmbedder(),
-        writer=LazyWriter(settings),
-    )  # fmt: skip
-    rec.ingest(write_jsonl(tmp_path / "c.jsonl", GAMES), interactions=write_jsonl(tmp_path / "i.jsonl", GAMER))
+    rec = _build(tmp_path, tiny_gpt2, GAMES, GAMER)
     by_title = {i.title: i for i in rec.storage.items().values()}
     demo = build_demo(rec)
     demo.queue()

@@ -192,8 +192,3 @@ def salad_reasons(text: str, model: FluencyModel | None = None) -> list[str]:
                 reasons.append(f"unlikely sentence {sentence!r} (log2 p {score.mean_logprob:.1f} per token)")
                 break
     return reasons
-
-
-def fluency_corpus(descriptions: Sequence[str], reviews: Sequence[str], frames: Sequence[str]) -> list[str]:
-    """The texts a ``FluencyModel`` is fitted on, in a fixed order."""
-    return [*descriptions, *reviews, *frames]

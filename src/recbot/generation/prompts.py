@@ -161,6 +161,13 @@ def _subsequences(parts: Sequence[str]) -> list[list[str]]:
     return [o for o in out if o]
 
 
+def description_sentences(item: Item) -> list[str]:
+    """The item's description, cleaned, one whole sentence (ended by . ! or ?) at a time."""
+    description = clean(item.description)
+    ends = [0, *(m.end() for m in _SENTENCE_END.finditer(description))]
+    return [t for a, b in itertools.pairwise(ends) if (t := description[a:b].strip())]
+
+
 def link_sentences(item: Item, because: Item | None) -> list[str]:
     """The sentences that may complete the opening, as written: the link frames with
     any of the tags the item shares with the liked item; else, for the same category,
@@ -178,9 +185,7 @@ def frame_sentences(item: Item, because: Item | None) -> set[str]:
     """Every sentence a facts continuation may consist of, normalised (see ``unframed``):
     ``link_sentences`` and each sentence of the item's description."""
     allowed = set(link_sentences(item, because))
-    description = clean(item.description)
-    ends = [0, *(m.end() for m in _SENTENCE_END.finditer(description))]
-    allowed |= {description[a:b].strip() for a, b in itertools.pairwise(ends)}
+    allowed |= set(description_sentences(item))
     return {_normal(s) for s in allowed if s}
 
 
@@ -238,9 +243,7 @@ def sentence_options(
             rest.append(OWN_WORDS_FRAME.format(words=words))
         elif tags & {t.casefold() for t in it.tags}:
             rest.append(OTHER_WORDS_FRAME.format(title=clean(it.title, 120), words=words))
-    description = clean(item.description)
-    ends = [0, *(m.end() for m in _SENTENCE_END.finditer(description))]
-    rest += [" " + description[a:b].strip() for a, b in itertools.pairwise(ends) if description[a:b].strip()]
+    rest += [" " + sentence for sentence in description_sentences(item)]
     return sorted(first), list(dict.fromkeys(rest))
 
 

@@ -42,7 +42,6 @@ from typing import Any
 import numpy as np
 
 from recbot.errors import ConfigError, IndexNotBuiltError, ModelNotFoundError
-from recbot.generation.fluency import fluency_corpus
 from recbot.generation.guard import OPENING_WORD
 from recbot.generation.prompts import (
     BECAUSE,
@@ -506,7 +505,7 @@ def _fluency_texts(
     descriptions = [clean(i.description) for i in catalog.values() if i.description]
     reviews = [clean(h.review) for h in interactions if h.review]
     frames = sorted({OPENING_WORD + e.target for e in train})
-    return [t for t in fluency_corpus(descriptions, reviews, frames) if t]
+    return [t for t in (*descriptions, *reviews, *frames) if t]
 
 
 def _card(report: TrainReport, catalog: Mapping[str, Item], interactions: Sequence[Interaction]) -> str:

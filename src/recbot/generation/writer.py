@@ -467,18 +467,7 @@ class GPT2Writer:
     def _finalize(self, job: BlurbJob, text: str | None, note: str | None, index: TitleIndex) -> Recommendation:
         if text is not None:
             return replace(job.rec, blurb=text, blurb_source="generated", grounded=True, blurb_note=None)
-        text = template_blurb(
-            job.rec.item,
-            job.because,
-            index,
-            history=job.quotable,
-            allowed=job.history_ids,
-            max_chars=self.settings.max_blurb_chars,
-        )
-        grounded = self.check(job, text, index).ok
-        return replace(
-            job.rec, blurb=text, blurb_source="template", grounded=grounded, blurb_note=f"templated: generated {note}"
-        )
+        return templated(job, index, self.settings, f"templated: generated {note}", fluency=self.fluency)
 
     def title_index(self, catalog: Mapping[str, Item]) -> TitleIndex:
         key = id(catalog)
@@ -583,29 +572,37 @@ def template_write(
     """Template blurbs (from facts) for every recommendation, marked as such: the same
     jobs, quotes claimed once per list, and guard as the generated ones."""
     index = TitleIndex(catalog.values())
-    out = []
-    for job in _one_quote_each([make_job(history, rec, catalog) for rec in recs]):
-        text = template_blurb(
-            job.rec.item,
-            job.because,
-            index,
-            history=job.quotable,
-            allowed=job.history_ids,
-            max_chars=settings.max_blurb_chars,
-        )
-        grounded = check_blurb(
-            text,
-            job.rec.item,
-            index,
-            allowed=job.history_ids,
-            max_chars=settings.max_blurb_chars,
-            support=job.support,
-            lead=job.prompt.opening,
-            frames=True,
-            because=job.because,
-        ).ok
-        out.append(replace(job.rec, blurb=text, blurb_source="template", grounded=grounded, blurb_note=note))
-    return out
+    jobs = _one_quote_each([make_job(history, rec, catalog) for rec in recs])
+    return [templated(job, index, settings, note) for job in jobs]
+
+
+def templated(
+    job: BlurbJob, index: TitleIndex, settings: Settings, note: str, *, fluency: FluencyModel | None = None
+) -> Recommendation:
+    """The template blurb for ``job`` (the one fallback of the generated and the
+    generator-less paths), marked ``template``; ``grounded`` is the full guard's verdict,
+    frames included, since a template is made of them."""
+    text = template_blurb(
+        job.rec.item,
+        job.because,
+        index,
+        history=job.quotable,
+        allowed=job.history_ids,
+        max_chars=settings.max_blurb_chars,
+    )
+    grounded = check_blurb(
+        text,
+        job.rec.item,
+        index,
+        allowed=job.history_ids,
+        max_chars=settings.max_blurb_chars,
+        support=job.support,
+        fluency=fluency,
+        lead=job.prompt.opening,
+        frames=True,
+        because=job.because,
+    ).ok
+    return replace(job.rec, blurb=text, blurb_source="template", grounded=grounded, blurb_note=note)
 
 
 class LazyWriter:
