@@ -225,6 +225,15 @@ def test_injected_scorer_maps_type_words(ask: str, expected: dict[str, Any], ask
     assert scorer.asked == asked
 
 
+def test_injected_scorer_maps_negated_phrases_to_tags() -> None:
+    scorer = RecordingScorer({("funny", "comedy"): 0.8, ("slow", "thriller"): 0.6})
+    index = AskIndex(CATALOG, synonyms={}, similar=scorer, tag_threshold=0.7)
+    got = interpret("nothing funny or slow", index)
+    assert (got.exclude_tags, got.avoid_text) == (("comedy",), ("slow",))  # 0.6 is below the bar: text
+    assert interpret("no horror", index).exclude_tags == ("horror",)  # the catalog's own tag: no call
+    assert scorer.asked == ["funny", "slow"]
+
+
 def test_synonyms_resolve_against_the_catalog() -> None:
     # the default table's "movie" -> "film" finds a category named differently ...
     movies = AskIndex([Item("1", "Alien", category="Movies & TV"), Item("2", "Dune", category="Books")])
@@ -244,3 +253,45 @@ def test_nothing_with_and_nothing_from_negate(ask: str, excluded: str) -> None:
     items = [Item("a", "Alpha", category="Comedy", tags=("Comedy",)), Item("c", "Knife", category="kitchen")]
     understood = interpret(ask, AskIndex(items))
     assert understood.exclude_categories == (excluded,) and not understood.vague
+
+
+# MovieLens spells titles for sorting ("Godfather, The (1972)"), its first genre is the category
+# and the others are tags; each case is a wrong answer an earlier version gave on ml-latest-small
+ML = [
+    Item("858", "Godfather, The (1972)", category="Crime", tags=("drama",)),
+    Item("2023", "Godfather: Part III, The (1990)", category="Crime", tags=("drama", "mystery")),
+    Item("t3", "Godfather Trilogy: 1972-1990, The (1992)", category="Crime", tags=("drama",)),
+    Item("58559", "Dark Knight, The (2008)", category="Action", tags=("crime", "drama")),
+    Item("91529", "Dark Knight Rises, The (2012)", category="Action", tags=("adventure", "crime")),
+    Item("1210", "Star Wars: Episode VI - Return of the Jedi (1983)", category="Action", tags=("adventure",)),
+    Item("5378", "Like Stars on Earth (Taare Zameen Par) (2007)", category="Drama"),
+    Item("2329", "American History X (1998)", category="Crime", tags=("drama",)),
+    Item("72", "American Pie Presents: The Book of Love (American Pie 7: The Book of Love) (2009)", category="Comedy"),
+    Item("3752", "Me, Myself & Irene (2000)", category="Adventure", tags=("comedy",)),
+    Item("1", "Toy Story (1995)", category="Adventure", tags=("children", "comedy")),
+    Item("48", "Pocahontas (1995)", category="Children", tags=("animation", "musical")),
+    Item("16", "Casino (1995)", category="Crime", tags=("drama", "mafia")),
+    Item("5796", "Casino Royale (1967)", category="Action", tags=("comedy", "casino")),
+    Item("4963", "Ocean's Eleven (2001)", category="Crime", tags=("thriller", "casino")),
+]
+
+
+@pytest.mark.parametrize(
+    ("ask", "expected"),
+    [
+        ("something like The Godfather", {"anchors": ("858",)}),
+        ("The Godfather Part III", {"anchors": ("2023",)}),
+        ("something like The Dark Knight", {"anchors": ("58559",)}),
+        ("more like Star Wars: Episode VI - Return of the Jedi", {"anchors": ("1210",)}),
+        ("i loved American History X, anything similar?", {"anchors": ("2329",)}),
+        ("something like Casino", {"anchors": ("16",), "tags": ()}),  # a name, though "casino" is a tag
+        ("a film about a casino", {"anchors": (), "tags": ("casino",)}),
+        ("nothing with children or comedy", {"exclude_categories": ("Children", "Comedy")}),
+        ("no musical or animation", {"exclude_tags": ("musical", "animation")}),
+        ("no comedy or children", {"exclude_categories": ("Comedy", "Children")}),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+def test_movielens_spellings(ask: str, expected: dict[str, Any]) -> None:
+    got = interpret(ask, AskIndex(ML))
+    assert {f: getattr(got, f) for f in expected} == expected

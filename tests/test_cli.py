@@ -89,6 +89,28 @@ def test_recommend_json_and_data_dir_on_both_sides(tmp_path: Path, tiny_bert, ca
     assert {r["item_id"] for r in json.loads(capsys.readouterr().out)["recommendations"]} == {"c2", "c3"}
 
 
+def test_eval_asks_reports_interpreter_and_embedding_only(tmp_path: Path, tiny_bert, capsys) -> None:
+    data = cli_ingest(tmp_path, tiny_bert)
+    cases = write_jsonl(
+        tmp_path / "asks.jsonl",
+        [
+            {"user": "spacefan", "ask": "no robots", "exclude_tags": ["robots"]},
+            {"user": "baker", "ask": "something like Galaxy Robots", "anchor": "s4"},
+            {"user": "baker", "ask": "a film", "category": "films"},
+        ],
+    )
+    out = tmp_path / "out"
+    args = ["--data-dir", data, "eval", "asks", "--cases", str(cases), "--out", str(out), "--k", "3"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((out / "asks.json").read_text())
+    assert report["cases"] == 3 and report["k"] == 3 and set(report["modes"]) == {"interpreter", "embedding_only"}
+    assert report["modes"]["interpreter"]["satisfied_n"] == 3
+    assert "| interpreter | 100.0% (3/3) |" in printed and (out / "asks.md").read_text() in printed
+    assert main(["--data-dir", data, "eval", "retrieval"]) == 1  # the ranking evals still need --dataset
+    assert "needs --dataset" in capsys.readouterr().err
+
+
 def test_tune_and_content_only(tmp_path: Path, tiny_bert, capsys) -> None:
     data = cli_ingest(tmp_path, tiny_bert)
     assert "hybrid weights: defaults" in capsys.readouterr().out  # ingest chose (default) weights

@@ -110,6 +110,21 @@ def test_an_ask_is_understood_before_it_is_embedded(toy_recommender) -> None:
     assert "understood" not in plain.to_dict()
 
 
+def test_a_negated_phrase_drops_what_stands_out_as_close_to_it(toy_recommender) -> None:
+    """'nothing to explore' names no tag or title: the item whose text is about exploring goes,
+    other space items stay (the cut is relative to the catalog, not a topic ban)."""
+    recs = toy_recommender.recommend("baker", query="nothing to explore", k=8, blurbs=False)
+    assert recs.understood is not None and recs.understood.avoid_text == ("explore",)
+    got = {r.item.id for r in recs}
+    assert "s1" not in got and {"s2", "s4"} <= got
+
+
+def test_like_a_title_prefers_items_that_share_its_facts(toy_recommender) -> None:
+    """'like Galaxy Robots but a book': the book tagged robots like the game comes first."""
+    recs = toy_recommender.recommend("baker", query="like Galaxy Robots but a book", k=2, blurbs=False)
+    assert recs[0].item.id == "s1"
+
+
 def test_a_follow_up_is_resolved_against_the_previous_answer(toy_recommender) -> None:
     first = toy_recommender.recommend("baker", k=3, blurbs=False)
     shown = [r.item.id for r in first]

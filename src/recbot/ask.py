@@ -59,7 +59,9 @@ several items names them all; a partial match that fits several items is dropped
 
 Limits: no coreference beyond the follow-up patterns, no comparatives ("shorter than Dune"),
 no numbers or dates ("under two hours", "from the 90s"), English only; tags and categories are
-matched exactly up to case, accents and plural, so "cozy" is not the tag "cosy".
+matched exactly up to case, accents and plural, so "cozy" is not the tag "cosy" -- except through
+an injected scorer (``AskIndex(similar=...)``; ``Recommender`` passes the BERT encoder), which maps
+type words to categories and negated phrases to tags above a confidence threshold.
 """
 
 from __future__ import annotations
@@ -229,6 +231,10 @@ class AskIndex:
             for a type word the tables do not know ("a flick"); it is asked only about the head
             noun of an article's phrase ("a funny flick" -> "flick") and "something to <verb>".
         threshold: the score ``similar`` must reach for its best category.
+        tag_threshold: the score ``similar`` must reach for a negated phrase to exclude a tag
+            ("nothing animated" -> tag "animation"). Stricter than ``threshold``: an exclusion is
+            a hard filter. With all-MiniLM-L6-v2 on the demo tags: animated -> animation 0.85,
+            romantic -> romance 0.79, scary -> horror 0.75; but violent -> crime 0.60 stays text.
 
     Example:
         >>> index = AskIndex([Item("1", "Dune", category="Books", tags=("science fiction",))])
@@ -243,10 +249,12 @@ class AskIndex:
         synonyms: Mapping[str, str] | None = None,
         similar: Callable[[str, Sequence[str]], list[float]] | None = None,
         threshold: float = 0.5,
+        tag_threshold: float = 0.7,
     ) -> None:
         items = list(items)
         self.similar = similar
         self.threshold = threshold
+        self.tag_threshold = tag_threshold
         self.categories: tuple[str, ...] = tuple(dict.fromkeys(i.category for i in items if i.category))
         self.tags: tuple[str, ...] = tuple(dict.fromkeys(t for i in items for t in i.tags if t))
         self.category_of: dict[str, str] = {i.id: i.category for i in items}
@@ -287,10 +295,12 @@ class AskIndex:
         ordinary: set[str] = set()
         for item in items:
             title = _words(item.title)
-            short = _words(short_title(item.title))
             forms = [_Form(title[:_MAX_TITLE_WORDS], False)] if title else []
-            if short and short != title:
-                forms.append(_Form(short, short in full_titles))
+            fronted = _front_article(item.title)
+            for other in (fronted, short_title(fronted)):
+                words = _words(other)
+                if words and all(words != f.words for f in forms):
+                    forms.append(_Form(words[:_MAX_TITLE_WORDS], words in full_titles))
             self._forms[item.id] = forms
             for form in forms:
                 self._exact.setdefault(form.words, set()).add(item.id)
@@ -324,14 +334,21 @@ class AskIndex:
 
     def score_category(self, phrase: str) -> str | None:
         """The category ``similar`` puts above ``threshold`` for ``phrase``, else None."""
-        if self.similar is None or not self.categories:
+        return self._best(phrase, self.categories, self.threshold, "type word")
+
+    def score_tag(self, phrase: str) -> str | None:
+        """The tag ``similar`` puts at or above ``tag_threshold`` for ``phrase``, else None."""
+        return self._best(phrase, self.tags, self.tag_threshold, "negated phrase")
+
+    def _best(self, phrase: str, names: Sequence[str], threshold: float, what: str) -> str | None:
+        if self.similar is None or not names:
             return None
-        scores = self.similar(phrase, self.categories)
+        scores = self.similar(phrase, names)
         best = max(range(len(scores)), key=scores.__getitem__, default=None)
-        if best is None or scores[best] < self.threshold:
+        if best is None or scores[best] < threshold:
             return None
-        logger.debug("type word %r -> category %r (%.2f)", phrase, self.categories[best], scores[best])
-        return self.categories[best]
+        logger.debug("%s %r -> %r (%.2f)", what, phrase, names[best], scores[best])
+        return names[best]
 
     def is_stop(self, word: str) -> bool:
         return word in self._stop
@@ -365,16 +382,19 @@ class AskIndex:
             # Ordinary words typed in lower case are weak evidence ("something wild" is not the book
             # "Wild", "a love story" not the film "Love Story"): such a span needs three words or more,
             # and a partial one two distinctive words ("breath of the wild", not "of the wild").
-            weak = all(not self._strong(toks, positions[k]) for k in distinct)
+            weak = all(not self.strong(toks, positions[k]) for k in distinct)
             if weak and m < 3:
                 continue
             partial_ok = bool(distinct) and not (weak and len(distinct) < 2)
+            # a piece of a title is cut at its content words: "more like Star Wars" is not the
+            # window "Like Stars" of "Like Stars on Earth", "I loved American History X" not "... of Love (American"
+            partial_ok = partial_ok and words[0] not in self._stop and words[-1] not in self._stop
             cands = self._score(" ".join(words), m, pool, partial_ok=partial_ok)
             if cands:
                 return positions[m - 1] - start + 1, cands
         return 0, []
 
-    def _strong(self, toks: Sequence[_Tok], j: int) -> bool:
+    def strong(self, toks: Sequence[_Tok], j: int) -> bool:
         """One word is evidence of a title if it is no ordinary catalog word or is capitalised mid-sentence."""
         if toks[j].norm not in self._ordinary:
             return True
@@ -401,6 +421,21 @@ class AskIndex:
             if best is not None:
                 out.append(best)
         return out
+
+
+_TRAILING_ARTICLE = re.compile(
+    r"^(?P<head>.+), (?P<article>The|A|An|Les|Le|La|L'|Il|Lo|Das|Der|Die|El|Los|Las|De|Het)(?P<tail>\s*[(:].*)?$"
+)
+
+
+def _front_article(title: str) -> str:
+    """A catalog's sortable spelling as people say it: "Godfather, The (1972)" -> "The Godfather (1972)"
+    (MovieLens and library catalogs move the article to the end); other titles unchanged."""
+    m = _TRAILING_ARTICLE.match(title)
+    if m is None:
+        return title
+    gap = "" if m["article"].endswith("'") else " "
+    return f"{m['article']}{gap}{m['head']}{m['tail'] or ''}"
 
 
 def _rank(c: _Candidate, prefer: str | None) -> tuple[bool, bool, int, bool]:
@@ -547,7 +582,13 @@ def _scan(toks: Sequence[_Tok], index: AskIndex, count: int) -> list[_Seg]:
                 offer(_Seg(phrase[1], i, i + phrase[0], value=phrase[2]))
             n, cands = index.titles_at(toks, i, cache)
             if n:
-                offer(_Seg("title", i, i + n, cands=tuple(cands)))
+                title = _Seg("title", i, i + n, cands=tuple(cands))
+                offer(title)
+                # a whole title typed as a name beats a tag spelt the same ("something like Casino",
+                # where "casino" also tags Casino Royale); a category still wins ("like Comedy")
+                named = any(c.full for c in cands) and any(index.strong(toks, j) for j in range(i, i + n))
+                if best is not None and best.kind == "tag" and best.end == title.end and named:
+                    best = title
         seg = best or _Seg("free", i, i + 1)
         segs.append(seg)
         i = seg.end
@@ -572,7 +613,7 @@ def _mark_negation(segs: list[_Seg], words: Sequence[str], index: AskIndex) -> N
         has_content |= active and content
 
 
-def _mark_qualifiers(segs: list[_Seg]) -> None:
+def _mark_qualifiers(segs: list[_Seg], words: Sequence[str], index: AskIndex) -> None:
     """A category word next to a title qualifies it ("the Zelda game"); one after a negated modifier
     is that modifier's head noun ("no horror films")."""
     for k, seg in enumerate(segs):
@@ -584,7 +625,9 @@ def _mark_qualifiers(segs: list[_Seg]) -> None:
             seg.dropped, title.prefer = True, seg.value
             continue
         before = segs[k - 1] if k else None
-        if seg.negated and before is not None and before.negated and before.kind in {"tag", "free", "title"}:
+        modifier = before is not None and before.negated and before.kind in {"tag", "free", "title"}
+        # "or"/"nor" join two negated things ("nothing with children or comedy"), they modify nothing
+        if seg.negated and modifier and before is not None and not index.is_stop(words[before.start]):
             seg.dropped = True
 
 
@@ -682,7 +725,7 @@ def interpret(ask: str, index: AskIndex, *, previous: Sequence[str] = ()) -> Int
     words = [t.norm for t in toks]
     segs = _scan(toks, index, len(previous))
     _mark_negation(segs, words, index)
-    _mark_qualifiers(segs)
+    _mark_qualifiers(segs, words, index)
     _fill_slots(segs, toks, index)
     segs = _resolve_titles(segs)
 
@@ -733,10 +776,17 @@ def interpret(ask: str, index: AskIndex, *, previous: Sequence[str] = ()) -> Int
     cats = unique(wanted or implied, excluded_categories)
     if len(cats) > 1:
         logger.debug("ask names %d categories %s: no category filter", len(cats), cats)
-    excluded_tags = unique(excl_tag)
     excluded_items = unique(excl_items)
     anchor_ids = unique(anchors, excluded_items)
-    avoid = unique(p for p in (_text(toks, g, text) for g in avoid_groups) if p)
+    avoid_phrases: list[str] = []
+    for phrase in dict.fromkeys(p for p in (_text(toks, g, text) for g in avoid_groups) if p):
+        tag = index.score_tag(phrase)  # "nothing animated", where the catalog says "animation"
+        if tag is None:
+            avoid_phrases.append(phrase)
+        else:
+            excl_tag.append(tag)
+    avoid = unique(avoid_phrases)
+    excluded_tags = unique(excl_tag)
     soft = _text(toks, soft_idx, text)
     soft_words = sum(1 for t in _tokenize(soft) if not t.punct and t.norm not in _STOP)
     category = cats[0] if len(cats) == 1 else None

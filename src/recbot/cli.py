@@ -102,11 +102,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=256, help="from scratch: embedding width")
     p.add_argument("--out", type=Path, default=None, help="where to save (default: DATA_DIR/generator)")
 
-    p = command("eval", "offline evaluation on real data (leave-last-out)")
-    p.add_argument("what", choices=["retrieval", "generation"], help="what to evaluate")
+    p = command("eval", "offline evaluation: ranking and blurbs on real data (leave-last-out), asks on this data dir")
+    p.add_argument("what", choices=["retrieval", "generation", "asks"], help="what to evaluate")
     p.add_argument("--generator", default=None, help="generation: GPT-2 path (default: DATA_DIR/generator)")
-    p.add_argument("--dataset", required=True, help="movielens:DIR | amazon:FILE | recbot (this data dir)")
-    p.add_argument("--k", type=int, default=10, help="the cut-off reported first (5, 10 and 20 are all computed)")
+    p.add_argument(
+        "--dataset", default=None, help="retrieval, generation: movielens:DIR | amazon:FILE | recbot (this data dir)"
+    )
+    p.add_argument(
+        "--k",
+        type=int,
+        default=None,
+        help="the cut-off reported first (default 10; 5, 10 and 20 are all computed); asks: answer size (default 5)",
+    )
+    p.add_argument(
+        "--cases",
+        type=Path,
+        default=None,
+        help="asks: a JSON-lines file of asks with checkable constraints (default: the bundled demo asks, "
+        "unless --generated is given)",
+    )
+    p.add_argument(
+        "--generated",
+        type=int,
+        default=0,
+        metavar="N",
+        help="asks: also N asks built from the catalog's genres and titles",
+    )
     p.add_argument("--out", type=Path, default=Path("eval-out"), help="where metrics.json, report.md and plots go")
     p.add_argument("--max-users", type=int, default=None, help="evaluate a seeded sample of users (quick runs)")
     p.add_argument("--seed", type=int, default=0)
@@ -232,11 +253,15 @@ def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
     from recbot.recommender import make_embedder
 
     started = time.perf_counter()
+    if args.what == "asks":
+        return _eval_asks(args, settings)
+    if args.dataset is None:
+        raise ConfigError(f"eval {args.what} needs --dataset (movielens:DIR | amazon:FILE | recbot)")
     data = load_dataset(args.dataset, data_dir=settings.data_dir)
     if args.what == "generation":
         return _eval_generation(args, settings, data, started)
     result = run_retrieval(data, args.out, encoder=make_embedder(settings), seed=args.seed, max_users=args.max_users)
-    k = args.k
+    k = args.k or 10
     print(f"{args.dataset}: {result['protocol']['evaluated_users']} users, {result['protocol']['ranked_items']} items")
     print(f"{'method':<16} {'hr@' + str(k):>8} {'ndcg@' + str(k):>8} {'mrr@' + str(k):>8}")
     nan = float("nan")
@@ -245,6 +270,21 @@ def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
         print(f"{name:<16} {hr:>8.4f} {ndcg:>8.4f} {mrr:>8.4f}")
     print(f"hybrid weights: {result['hybrid_weights']}")
     print(f"wrote {args.out}/metrics.json, report.md, metrics_by_k.png in {time.perf_counter() - started:.0f}s")
+    return 0
+
+
+def _eval_asks(args: argparse.Namespace, settings: Settings) -> int:
+    from recbot.eval.asks import BUNDLED_CASES, ask_report, markdown
+
+    cases = args.cases or (None if args.generated else BUNDLED_CASES)
+    with _open(settings) as rec:
+        report = ask_report(rec, cases_file=cases, generated=args.generated, seed=args.seed, k=args.k or 5)
+    text = markdown(report)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "asks.json").write_text(json.dumps(report, indent=1, default=str), encoding="utf-8")
+    (args.out / "asks.md").write_text(text, encoding="utf-8")
+    print(text, end="")
+    print(f"wrote {args.out}/asks.json and asks.md")
     return 0
 
 

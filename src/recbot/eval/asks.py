@@ -26,22 +26,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from recbot.ask import AskIndex, Interpretation, interpret
+from recbot.ask import Interpretation
 from recbot.types import Item, Recommendation
 
 if TYPE_CHECKING:
     from recbot.recommender import Recommender
 
 __all__ = [
+    "BUNDLED_CASES",
     "KINDS",
     "MODES",
     "AskCase",
+    "ask_report",
     "check",
     "embedding_only_interpretation",
     "generated_cases",
     "load_cases",
+    "markdown",
     "run_asks",
 ]
+
+BUNDLED_CASES = Path(__file__).resolve().parents[1] / "demo" / "asks.jsonl"  # the demo catalog's own asks
 
 MODES = ("interpreter", "embedding_only")
 # Violation kinds, the prefix of each string ``check`` returns ("exclude_tag: b18 has horror").
@@ -395,11 +400,10 @@ def run_asks(recommender: Recommender, cases: Sequence[AskCase], *, k: int = 5) 
         else:
             del own["_interpret"]
 
-    index = AskIndex(catalog.values())
-    timings = []
+    timings = []  # the recommender's own reading (its index, and its encoder for unknown words)
     for case in cases:
         started = time.perf_counter()
-        interpret(case.ask, index)
+        recommender.interpret(case.ask)
         timings.append((time.perf_counter() - started) * 1000)
     return {
         "cases": len(cases),
@@ -407,3 +411,56 @@ def run_asks(recommender: Recommender, cases: Sequence[AskCase], *, k: int = 5) 
         "modes": modes,
         "interpret_ms": {"p50": _percentile(timings, 50), "p95": _percentile(timings, 95)},
     }
+
+
+def ask_report(
+    recommender: Recommender,
+    *,
+    cases_file: str | Path | None = BUNDLED_CASES,
+    generated: int = 0,
+    seed: int = 0,
+    k: int = 5,
+) -> dict[str, Any]:
+    """``run_asks`` on the asks of ``cases_file`` plus ``generated`` asks built from the
+    recommender's own catalog (``generated_cases``); what ``recbot eval asks`` runs.
+
+    Raises:
+        ValueError: no cases (no file given, and the catalog yields no generated asks).
+    """
+    cases = load_cases(cases_file) if cases_file is not None else []
+    if generated:
+        storage = recommender.storage
+        cases += generated_cases(
+            storage.items(), storage.users(), n=generated, seed=seed, popularity=storage.popularity()
+        )
+    if not cases:
+        raise ValueError("no asks to run: give a cases file, or --generated N on a catalog with genre tags and users")
+    recommender.recommend(cases[0].user, query="warm-up", k=k, blurbs=False)  # load the encoder outside the timings
+    report = run_asks(recommender, cases, k=k)
+    report["sources"] = {"cases_file": None if cases_file is None else str(cases_file), "generated": generated}
+    return report
+
+
+def markdown(report: Mapping[str, Any]) -> str:
+    """The report as a markdown table (one row per mode), the latency, and the interpreter's failing cases."""
+    rows = [
+        "| mode | satisfied | "
+        + " | ".join(f"fail: {kind}" for kind in KINDS)
+        + " | relaxed answers | p50 ms | p95 ms |",
+        "|---|---|" + "---|" * len(KINDS) + "---|---|---|",
+    ]
+    for mode in MODES:
+        m = report["modes"][mode]
+        fails = " | ".join(str(m["failures"].get(kind, 0)) for kind in KINDS)
+        share = f"{m['satisfied']:.1%} ({m['satisfied_n']}/{report['cases']})"
+        lat = m["latency_ms"]
+        rows.append(f"| {mode} | {share} | {fails} | {m['relaxed']} | {lat['p50']:.1f} | {lat['p95']:.1f} |")
+    ms = report["interpret_ms"]
+    out = [f"{report['cases']} asks, k={report['k']}", "", *rows, ""]
+    out.append(f"`Recommender.interpret` alone: p50 {ms['p50']:.2f} ms, p95 {ms['p95']:.2f} ms")
+    failing = report["modes"]["interpreter"]["failing"]
+    out += ["", f"## interpreter: {len(failing)} failing case(s)", ""]
+    for f in failing:
+        out.append(f"- {f['user']} {f['ask']!r} -> understood {f['understood']!r}, got {f['got']}")
+        out += [f"    - {v}" for v in f["violations"]]
+    return "\n".join(out) + "\n"

@@ -170,6 +170,17 @@ class CollabModel:
         cosines[at] = both / np.sqrt(np.maximum(self.popularity[rows], 1.0) * max(float(self.popularity[j]), 1.0))
         return counts, cosines
 
+    def neighbours(self, items: Sequence[str]) -> np.ndarray:
+        """Item-kNN score of every item for a pseudo-history of ``items`` ("like X": what people
+        who have X also have); zeros when the model knows none of them."""
+        idx = [self.index[i] for i in items if i in self.index]
+        if not idx:
+            return np.zeros(len(self.items), dtype=np.float32)
+        row = sparse.csr_matrix(
+            (np.ones(len(idx), dtype=np.float32), ([0] * len(idx), idx)), shape=(1, len(self.items))
+        )
+        return self._knn(row)[0]
+
     def scores(self, histories: Sequence[Sequence[Interaction]]) -> dict[str, np.ndarray]:
         """The collaborative components (all but ``bert``), each (len(histories), n_items)."""
         h, idx, n = histories, self.index, len(histories)
