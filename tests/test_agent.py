@@ -79,6 +79,29 @@ def test_a_negated_ask_through_a_real_agent_loop(toy_recommender) -> None:
     assert items and all("robots" not in i.tags and i.category != "kitchen" for i in items)
 
 
+def test_follow_ups_resolve_against_the_tools_last_answer_in_the_same_thread(toy_recommender) -> None:
+    tool = make_recommend_tool(toy_recommender, user_id="baker", blurbs=False)
+
+    def ask(query: str, thread: str) -> ToolMessage:
+        config = {"configurable": {"thread_id": thread}}
+        call = {"name": tool.name, "args": {"query": query, "k": 3}, "id": "1", "type": "tool_call"}
+        return tool.invoke(call, config=config)
+
+    first = ask("no baking", "t1")
+    shown = [r["item_id"] for r in first.artifact]
+    follow = ask("not that one", "t1")
+    assert follow.status == "success" and shown[0] not in {r["item_id"] for r in follow.artifact}
+    assert follow.content.splitlines()[0].startswith("Understood: not ")
+    catalog = toy_recommender.storage.items()
+    assert all("baking" not in catalog[r["item_id"]].tags for r in follow.artifact)  # the constraint is kept
+    more = ask("more like the second one", "t1")
+    assert (
+        more.content.splitlines()[0] == f"Understood: not baking, like {catalog[follow.artifact[1]['item_id']].title}"
+    )
+    other = ask("not that one", "t2")  # another conversation has no previous answer to refer to
+    assert "Understood: not that one" not in other.content and other.status == "success"
+
+
 def test_structured_fields_take_the_same_path(toy_recommender) -> None:
     tool = make_recommend_tool(toy_recommender, user_id="baker", blurbs=False)
     call = {"exclude_tags": ["robots"], "like_items": ["Space Station"], "k": 3}

@@ -203,7 +203,8 @@ class Recommender:
                 fields, for hosts that prefer them (``like``: item ids or titles); they
                 join the interpretation of ``query``.
             context: the previous turn's ``understood``: a follow-up or vague ask ("more
-                like the second one", "more please") keeps its category and exclusions.
+                like the second one", "not that one", "more please") keeps its category
+                and exclusions.
 
         Returns:
             Recommendations (a list of Recommendation, best first) with ``.strategy``.
@@ -220,7 +221,8 @@ class Recommender:
         if not catalog:
             raise IndexNotBuiltError(f"no catalog in {self.settings.data_dir}; run: recbot ingest CATALOG")
         understood = self._interpret(query or "", catalog, previous, exclude_tags, exclude_categories, like)
-        if understood is not None and context is not None and (understood.refers_to or understood.vague):
+        follow_up = understood is not None and (understood.refers_to or understood.reject_previous or understood.vague)
+        if understood is not None and context is not None and follow_up:
             understood = replace(
                 understood,
                 category=understood.category or context.category,
@@ -265,8 +267,9 @@ class Recommender:
         hybrid = self._hybrid() if profile is not None and self.settings.hybrid else None
         if hybrid is not None and profile is not None:
             anchors = understood.anchors if understood is not None else ()
+            wanted = [t for t in understood.tags if t != kind] if understood is not None else []
             ids, relevance = self._hybrid_candidates(
-                hybrid, history, profile, ask, all_filters, exclude, ask_weight, anchors, catalog
+                hybrid, history, profile, ask, all_filters, exclude, ask_weight, anchors, wanted, catalog
             )
             strategy = "hybrid" if ask is None else "hybrid+query"
         elif target is not None:
@@ -609,12 +612,13 @@ class Recommender:
         exclude: frozenset[str],
         ask_weight: float,
         anchors: Sequence[str] = (),
+        tags: Sequence[str] = (),
         catalog: Mapping[str, Item] | None = None,
     ) -> tuple[list[str], np.ndarray]:
         view, model = hybrid
         ask_scores = None if ask is None else view.matrix @ ask
-        if ask_scores is not None and anchors:
-            ask_scores = _like_anchors(view, model, ask_scores, anchors, catalog or {})
+        if ask_scores is not None and (anchors or tags):
+            ask_scores = _with_facts(view, model, ask_scores, anchors, tags, catalog or {})
         scores = score_user(
             model,
             self.hybrid_weights().weights,
@@ -658,26 +662,34 @@ AVOID_Z = 2.5
 # (category and tags) shared, so "like Knives Out but a book" finds the mysteries among books.
 # Measured on the bundled asks and 300 MovieLens asks (benchmarks/asks.py): tags + neighbours at
 # half weight 96.2% / 97.3% of asks met; neighbours at full weight 94.9% / 96.7%; neither 92.3% / 85.7%.
+# Tags the ask names ("something cosy") count the same way: a preference, not a filter.
 _NEIGHBOUR_WEIGHT = 0.5
 
 
-def _like_anchors(
-    view: Snapshot, model: CollabModel, ask_scores: np.ndarray, anchors: Sequence[str], catalog: Mapping[str, Item]
+def _with_facts(
+    view: Snapshot,
+    model: CollabModel,
+    ask_scores: np.ndarray,
+    anchors: Sequence[str],
+    tags: Sequence[str],
+    catalog: Mapping[str, Item],
 ) -> np.ndarray:
-    """The ask's per-item score for an ask that names titles: the z-scored cosine to the ask,
-    the anchors' item-kNN neighbours and the count of category/tags shared with them."""
+    """The ask's per-item score when it names titles or tags: the z-scored cosine to the ask,
+    the anchors' item-kNN neighbours, and the count of facts shared with the ask (each named
+    tag, and each anchor's category and tags)."""
     parts = [zscore(ask_scores)]
-    near = model.neighbours(anchors)
+    near = model.neighbours(anchors) if anchors else np.zeros(0)
     if near.any():
         parts.append(_NEIGHBOUR_WEIGHT * zscore(near))
-    shared = np.zeros(len(view.ids), dtype=np.float32)
+    facts = [("tags", t) for t in tags]
     for anchor in anchors:
         item = catalog.get(anchor)
-        facts = [] if item is None else [("category", item.category), *(("tags", t) for t in item.tags)]
-        for name, value in facts:
-            rows = view.rows_where({name: value}) if value else None
-            if rows is not None:
-                shared[rows] += 1.0
+        facts += [] if item is None else [("category", item.category), *(("tags", t) for t in item.tags)]
+    shared = np.zeros(len(view.ids), dtype=np.float32)
+    for name, value in facts:
+        rows = view.rows_where({name: value}) if value else None
+        if rows is not None:
+            shared[rows] += 1.0
     if shared.any():
         parts.append(zscore(shared))
     return np.sum(parts, axis=0)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Annotated, Any
 
 from langchain_core.runnables import RunnableConfig
@@ -12,6 +14,7 @@ from pydantic import BaseModel, Field, ValidationError
 from recbot.errors import RecbotError
 
 if TYPE_CHECKING:
+    from recbot.ask import Interpretation
     from recbot.recommender import Recommendations, Recommender
 
 __all__ = ["RecommendInput", "format_for_llm", "make_recommend_tool"]
@@ -19,8 +22,9 @@ __all__ = ["RecommendInput", "format_for_llm", "make_recommend_tool"]
 DEFAULT_DESCRIPTION = (
     "Recommend catalog items to the current user, based on what they liked before and on what "
     "they ask for now. Pass the user's ask in plain language: negations ('no horror', 'not a video "
-    "game'), types ('a film'), titles ('like Project Hail Mary') and follow-ups ('more please') are "
-    "understood. Returns how the ask was understood, then one line per item: title, category, why "
+    "game'), types ('a film'), titles ('like Project Hail Mary') and follow-ups on this tool's "
+    "previous answer in the conversation ('more like the second one', 'not that one', 'more please') "
+    "are understood. Returns how the ask was understood, then one line per item: title, category, why "
     "it was picked and a short blurb. Only recommend items this tool returns."
 )
 
@@ -70,6 +74,30 @@ def _validation_message(error: ValidationError) -> str:
     return "Invalid arguments: " + "; ".join(parts) + ". Fix them and call the tool again."
 
 
+_SESSIONS = 1024  # conversations remembered per tool for follow-ups; the oldest is forgotten first
+
+
+class _Sessions:
+    """The last answer per (user, conversation), so "more like the second one" and "not that
+    one" resolve against what this tool showed in the same thread. Thread-safe, bounded."""
+
+    def __init__(self, size: int = _SESSIONS) -> None:
+        self._last: OrderedDict[tuple[str, str], tuple[list[str], Interpretation | None]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._size = size
+
+    def get(self, key: tuple[str, str]) -> tuple[list[str], Interpretation | None]:
+        with self._lock:
+            return self._last.get(key, ([], None))
+
+    def put(self, key: tuple[str, str], recs: Recommendations) -> None:
+        with self._lock:
+            self._last[key] = ([r.item.id for r in recs], recs.understood)
+            self._last.move_to_end(key)
+            while len(self._last) > self._size:
+                self._last.popitem(last=False)
+
+
 def make_recommend_tool(
     recommender: Recommender,
     *,
@@ -88,6 +116,11 @@ def make_recommend_tool(
     Errors (unknown category, no index, bad arguments) come back to the
     model as an error ToolMessage, so the agent can carry on.
 
+    Follow-ups ("more like the second one", "not that one", "more please") resolve
+    against this tool's previous answer to the same user in the same conversation:
+    ``config["configurable"]["thread_id"]`` (what LangGraph agents pass), else one
+    conversation per user. The last 1024 conversations are remembered.
+
     Args:
         recommender: an open Recommender.
         name: tool name the model sees.
@@ -103,6 +136,8 @@ def make_recommend_tool(
         >>> tool = make_recommend_tool(Recommender.open(".recbot"), user_id="u1")
         >>> tool.invoke({"query": "a cosy mystery", "k": 3})
     """
+
+    sessions = _Sessions()
 
     def resolve_user(call_user: str | None, config: RunnableConfig | None) -> str:
         configured = ((config or {}).get("configurable") or {}).get("user_id")
@@ -127,6 +162,8 @@ def make_recommend_tool(
         config: RunnableConfig = None,  # type: ignore[assignment]
     ) -> tuple[str, list[dict[str, Any]]]:
         user = resolve_user(user_id, config)
+        session = (user, str(((config or {}).get("configurable") or {}).get("thread_id", "")))
+        previous, context = sessions.get(session)
         try:
             recs = recommender.recommend(
                 user,
@@ -137,9 +174,12 @@ def make_recommend_tool(
                 exclude_categories=exclude_categories or (),
                 exclude_tags=exclude_tags or (),
                 like=like_items or (),
+                previous=previous,
+                context=context,
             )
         except RecbotError as exc:
             raise ToolException(f"{type(exc).__name__}: {exc}") from exc
+        sessions.put(session, recs)
         return format_for_llm(recs), [r.to_dict() for r in recs]
 
     async def arun(
