@@ -103,6 +103,32 @@ def test_recommender_fills_blurbs_only_when_asked(toy_recommender, tiny_gpt2) ->
     assert all(r.to_dict()["grounded"] in (True, False) for r in with_blurbs)
 
 
+def test_stream_yields_the_list_then_each_blurb_then_its_finished_recommendation(toy_recommender, tiny_gpt2) -> None:
+    from recbot import Recommendations
+    from recbot.types import BlurbUpdate
+
+    toy_recommender.writer = LazyWriter(toy_recommender.settings.replace(generator=str(tiny_gpt2), max_new_tokens=8))
+    events = list(toy_recommender.stream("spacefan", k=2))
+    recs = events[0]
+    assert isinstance(recs, Recommendations) and all(r.blurb is None for r in recs)
+    updates = events[1:]
+    assert updates and all(isinstance(u, BlurbUpdate) for u in updates)
+    finished = [u.done for u in updates if u.done is not None]
+    assert [d.item.id for d in finished] == [r.item.id for r in recs]  # one finished recommendation each, in order
+    assert all(d.blurb and d.blurb_source in ("generated", "template") for d in finished)
+    assert [u.index for u in updates] == sorted(u.index for u in updates)  # item by item
+    # the same list as recommend; no blurbs asked for: the list alone
+    assert [r.item.id for r in toy_recommender.recommend("spacefan", k=2, blurbs=False)] == [r.item.id for r in recs]
+    assert len(list(toy_recommender.stream("spacefan", k=2, blurbs=False))) == 1
+
+
+def test_stream_without_a_generator_gives_marked_templates(toy_recommender, tmp_path: Path) -> None:
+    toy_recommender.writer = LazyWriter(toy_recommender.settings.replace(generator=str(tmp_path / "none")))
+    events = list(toy_recommender.stream("spacefan", k=3))
+    finished = [e.done for e in events[1:] if e.done is not None]
+    assert len(finished) == 3 and all(d.blurb_source == "template" and d.blurb for d in finished)
+
+
 def test_resolution_order(tmp_path: Path, tiny_gpt2: Path, monkeypatch) -> None:
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-cache"))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache" / "hub"))

@@ -354,12 +354,7 @@ def _serve(rec: Recommender, args: argparse.Namespace, auth: tuple[str, str] | N
         print(
             f"Serving on {args.host}: reachable from other machines." + ("" if auth else " Consider --auth USER:PASS.")
         )
-    # load the index and the models now, not on the first visitor's turn
-    if rec.users():
-        rec.recommend(rec.users()[0], k=1, blurbs=False)
-    rec.embedder.encode(["warm up"], show_progress=False)
-    if not args.no_blurbs and rec.has_generator():
-        rec.writer.get()  # type: ignore[union-attr]
+    rec.warm_up(blurbs=not args.no_blurbs)  # the index and models now, not on the first visitor's turn
     launch(rec, host=args.host, port=args.port, auth=auth, blurbs=not args.no_blurbs)
     return 0
 

@@ -6,9 +6,10 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
@@ -24,7 +25,7 @@ from recbot.retrieval.profile import blend_query, build_profile, rating_weights,
 from recbot.retrieval.ranking import mmr, top_reasons, unit_range
 from recbot.retrieval.store import ChromaStore, Filters, Snapshot, VectorStore, make_client
 from recbot.storage import Storage
-from recbot.types import Interaction, Item, Reason, Recommendation
+from recbot.types import BlurbUpdate, Interaction, Item, Reason, Recommendation
 
 if TYPE_CHECKING:
     from recbot.generation.train import TrainConfig, TrainReport
@@ -45,11 +46,19 @@ STRATEGY_TEXT: dict[str, str] = {
 
 
 class BlurbWriter(Protocol):
-    """Fills in blurbs for finished recommendations (see recbot.generation)."""
+    """Fills in blurbs for finished recommendations (see recbot.generation.writer.LazyWriter).
+    Neither call raises for a missing or failing generator: blurbs are then templated and
+    marked ``blurb_source="template"``."""
 
     def write(
         self, history: Sequence[tuple[Item, Interaction]], recs: Sequence[Recommendation], catalog: Mapping[str, Item]
     ) -> list[Recommendation]: ...
+
+    def stream(
+        self, history: Sequence[tuple[Item, Interaction]], recs: Sequence[Recommendation], catalog: Mapping[str, Item]
+    ) -> Iterator[BlurbUpdate]: ...
+
+    def warm_up(self) -> None: ...
 
 
 class Recommendations(list[Recommendation]):
@@ -319,6 +328,54 @@ class Recommender:
         return Recommendations(
             recs, user_id=user_id, query=query, strategy=strategy, understood=understood, understood_text=text
         )
+
+    def stream(
+        self,
+        user_id: str,
+        query: str | None = None,
+        k: int | None = None,
+        category: str | None = None,
+        *,
+        blurbs: bool = True,
+        **options: Any,
+    ) -> Iterator[Recommendations | BlurbUpdate]:
+        """``recommend``, streamed: first the ``Recommendations`` (no blurbs yet), then, if
+        ``blurbs`` and a writer is set, ``BlurbUpdate``s as each blurb is written, item by
+        item; each item's last update carries the finished recommendation.
+
+        Args:
+            user_id, query, k, category: as for ``recommend``.
+            blurbs: stream blurbs after the list.
+            **options: the other keyword arguments of ``recommend`` (``previous``, ``context``, ...).
+
+        Example:
+            >>> for event in rec.stream("u1", "a cosy mystery", k=3):
+            ...     print(event.text if isinstance(event, BlurbUpdate) else [r.item.title for r in event])
+        """
+        recs = self.recommend(user_id, query, k, category, blurbs=False, **options)
+        yield recs
+        if blurbs and self.writer is not None and recs:
+            yield from self.writer.stream(self.history(user_id), recs, self.storage.items())
+
+    def warm_up(self, *, blurbs: bool = True) -> None:
+        """Load the index, the encoder and (with ``blurbs``, when one is available) the
+        generator now, so a server's first visitor does not wait for them."""
+        users = self.users()
+        if users:
+            self.recommend(users[0], k=1, blurbs=False)
+        self.embedder.encode(["warm up"], show_progress=False)
+        if blurbs and self.writer is not None:
+            self.writer.warm_up()
+
+    def catalog(self) -> Mapping[str, Item]:
+        """Every catalog item by id (read-only; cached until the next ingest)."""
+        return MappingProxyType(self.storage.items())
+
+    def popularity(self) -> Mapping[str, int]:
+        """Item id -> how many users have it in their history."""
+        if self._popularity is None:
+            self._popularity = self.storage.popularity()
+        return MappingProxyType(self._popularity)
 
     def ingest(
         self,

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Interaction", "Item", "Reason", "Recommendation"]
+__all__ = ["BlurbUpdate", "Interaction", "Item", "Reason", "Recommendation"]
 
 Scalar = str | int | float | bool
 
@@ -104,3 +104,14 @@ class Recommendation:
             "blurb_source": self.blurb_source,
             "grounded": self.grounded,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class BlurbUpdate:
+    """One step of a streamed blurb (``Recommender.stream``): the text of the ``index``-th
+    recommendation so far, and, on its last step, the finished recommendation (its blurb
+    guarded, ``blurb_source`` set; the text may differ from the streamed one)."""
+
+    index: int  # 0-based position in the list
+    text: str
+    done: Recommendation | None = None

@@ -26,7 +26,7 @@ from recbot.generation.prompts import (
     sentence_options,
 )
 from recbot.generation.support import Support, personal_evidence, quotes, support_for, words
-from recbot.types import Interaction, Item, Recommendation
+from recbot.types import BlurbUpdate, Interaction, Item, Recommendation
 
 if TYPE_CHECKING:
     import torch
@@ -641,6 +641,32 @@ class LazyWriter:
         except Exception as exc:  # one failed generate costs that request its generated blurbs, nothing more
             logger.exception("blurb generation failed; template blurbs for this request")
             return template_write(history, recs, catalog, self.settings, f"templated: generation failed ({exc})")
+
+    def stream(
+        self, history: Sequence[tuple[Item, Interaction]], recs: Sequence[Recommendation], catalog: Mapping[str, Item]
+    ) -> Iterator[BlurbUpdate]:
+        """Each blurb as it is written, item by item, then its finished recommendation
+        (``BlurbUpdate.done``); template blurbs, marked, without a generator or when one
+        fails mid-stream."""
+        writer = self._load()
+        if writer is None:
+            templated_recs = template_write(history, recs, catalog, self.settings, f"templated: {self._failed}")
+            for i, filled in enumerate(templated_recs):
+                yield BlurbUpdate(i, filled.blurb or "", filled)
+            return
+        for i, (rec, job) in enumerate(zip(recs, writer.jobs(history, recs, catalog), strict=True)):
+            try:
+                for text, done in writer.stream_write(history, rec, catalog, job):
+                    yield BlurbUpdate(i, text, done)
+            except Exception as exc:  # this item's blurb is templated; the list goes on
+                logger.exception("streamed blurb generation failed; template blurb for %s", rec.item.id)
+                note = f"templated: generation failed ({exc})"
+                (filled,) = template_write(history, [rec], catalog, self.settings, note)
+                yield BlurbUpdate(i, filled.blurb or "", filled)
+
+    def warm_up(self) -> None:
+        """Load the generator now if there is one (a missing or broken one is logged once)."""
+        self._load()
 
     def _load(self) -> GPT2Writer | None:
         """The writer, or None (with the reason logged once) when none can be loaded."""

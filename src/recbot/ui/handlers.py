@@ -15,8 +15,8 @@ from importlib import resources
 from typing import Any
 
 from recbot.errors import RecbotError
-from recbot.recommender import STRATEGY_TEXT, Recommender
-from recbot.types import Recommendation
+from recbot.recommender import STRATEGY_TEXT, Recommendations, Recommender
+from recbot.types import BlurbUpdate, Recommendation
 
 __all__ = ["ChatHandlers", "Session", "escape_text", "format_recommendation"]
 
@@ -114,20 +114,22 @@ class ChatHandlers:
             yield [*chat, {"role": "assistant", "content": "Pick a user first (top left)."}], session
             return
         user = session.user_id
+        events = self.rec.stream(
+            user,
+            query=message or None,
+            k=int(k),
+            category=category or None,
+            blurbs=self.blurbs,
+            surprise=surprise,
+            previous=session.last,
+            context=session.understood,
+        )
         try:
-            recs = self.rec.recommend(
-                user,
-                query=message or None,
-                k=int(k),
-                category=category or None,
-                blurbs=False,
-                surprise=surprise,
-                previous=session.last,
-                context=session.understood,
-            )
+            recs = next(events)
         except RecbotError as exc:
             yield [*chat, {"role": "assistant", "content": escape_text(f"{type(exc).__name__}: {exc}")}], session
             return
+        assert isinstance(recs, Recommendations)
         understood = f"Understood: {recs.understood_text}. " if recs.understood_text else ""
         understood += f"Note: {recs.relaxed}. " if recs.relaxed else ""
         chat.append(
@@ -143,25 +145,11 @@ class ChatHandlers:
             shown[first + i] = r.item.id
         session = Session(user, shown, tuple(r.item.id for r in recs), recs.understood or session.understood)
         yield list(chat), session
-        if not self.blurbs or not recs:
-            return
-        try:
-            writer = self.rec.writer.get() if self.rec.writer is not None else None  # type: ignore[attr-defined]
-        except Exception as exc:  # no generator, or a broken one: the cards still come, with template blurbs
-            logger.warning("no generated blurbs: %s", exc)
-            writer = None
-        history = self.rec.history(user)
-        catalog = self.rec.storage.items()
-        if writer is None:  # no generator: template blurbs, marked on each card
-            filled = self.rec.writer.write(history, recs, catalog) if self.rec.writer is not None else list(recs)
-            for i, r in enumerate(filled):
-                chat[first + i] = {"role": "assistant", "content": card(r, r.blurb)}
+        for update in events:  # blurbs as they are written; a missing generator gives marked templates
+            assert isinstance(update, BlurbUpdate)
+            content = card(update.done or recs[update.index], update.text)
+            chat[first + update.index] = {"role": "assistant", "content": content}
             yield list(chat), session
-            return
-        for i, (r, job) in enumerate(zip(recs, writer.jobs(history, recs, catalog), strict=True)):
-            for text, done in writer.stream_write(history, r, catalog, job):
-                chat[first + i] = {"role": "assistant", "content": card(done or r, text)}
-                yield list(chat), session
 
     # -- feedback and history --
     def feedback(self, session: Session, index: int, liked: bool) -> tuple[list[list[Any]], str]:
@@ -170,7 +158,7 @@ class ChatHandlers:
         if session.user_id is None or item_id is None:
             return self.history_rows(session), "That message is not a recommendation."
         self.rec.add_feedback(session.user_id, item_id, liked)
-        title = self.rec.storage.items()[item_id].title
+        title = self.rec.catalog()[item_id].title
         verb = "added to your likes" if liked else "will not be shown to you again"
         return self.history_rows(session), f"{escape_text(title)} {verb}."
 
@@ -188,7 +176,7 @@ class ChatHandlers:
         return [(item.title, item.id) for item, _ in self.rec.history(session.user_id)]
 
     def catalog_titles(self) -> list[tuple[str, str]]:
-        return sorted(((item.title, item.id) for item in self.rec.storage.items().values()), key=lambda p: p[0])
+        return sorted(((item.title, item.id) for item in self.rec.catalog().values()), key=lambda p: p[0])
 
     def like(self, session: Session, item_id: str | None) -> tuple[list[list[Any]], str]:
         if session.user_id is None or not item_id:
