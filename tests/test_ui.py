@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from recbot import Recommender, Settings
+from recbot import ConfigError, Recommender, Settings
 from recbot.generation.writer import LazyWriter
 from recbot.recommender import open_storage, open_store
 from recbot.ui.handlers import NEW_USER, ChatHandlers, escape_text
@@ -396,3 +396,88 @@ def test_browser_two_turns_with_a_follow_up(tmp_path: Path, tiny_gpt2: Path) -> 
     finally:
         demo.close()
         rec.close()
+
+
+LOGINS = [("baker", "pw-baker"), ("spacefan", "pw-space")]
+
+
+def _history_titles(user: str) -> set[str]:
+    titles = {i["id"]: i["title"] for i in TOY_ITEMS}
+    return {titles[i["item_id"]] for i in TOY_INTERACTIONS if i["user_id"] == user}
+
+
+@pytest.fixture
+def logged_in_server(tmp_path: Path, tiny_gpt2: Path) -> Iterator[str]:
+    from recbot.ui.app import build_demo
+
+    rec = _build(tmp_path, tiny_gpt2)
+    demo = build_demo(rec, blurbs=False, logged_in=True)
+    demo.queue()
+    _, url, _ = demo.launch(
+        server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True, ssr_mode=False, auth=LOGINS
+    )
+    try:
+        yield url.rstrip("/")
+    finally:
+        demo.close()
+        rec.close()
+
+
+def test_a_login_sees_only_its_own_recommendations_through_gradio_client(logged_in_server: str) -> None:
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError, AuthenticationError
+
+    client = Client(logged_in_server + "/", auth=LOGINS[0], verbose=False)
+    mine = client.predict("", "", 3, "", api_name="/recommend")
+    assert mine["user_id"] == "baker" and len(mine["recommendations"]) == 3
+    reasons = {b["title"] for r in mine["recommendations"] for b in r["because"]}
+    assert reasons and reasons <= _history_titles("baker")  # only baker's own history is revealed
+    with pytest.raises(AppError, match="logged in as baker: this page recommends for you only, not for 'spacefan'"):
+        client.predict("spacefan", "", 3, "", api_name="/recommend")
+    with pytest.raises(AuthenticationError):
+        Client(logged_in_server + "/", verbose=False)  # no login, no page and no API
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (.ci/run installs it)")
+def test_browser_login_binds_the_user_and_hides_the_picker(logged_in_server: str) -> None:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.goto(logged_in_server)
+        page.fill("input[type=text]", "spacefan")
+        page.fill("input[type=password]", "pw-space")
+        page.keyboard.press("Enter")
+        page.wait_for_selector("#ask textarea", timeout=60_000)
+        page.wait_for_function("document.querySelector('#status').innerText.includes('spacefan')")
+        assert page.locator("#user-picker").count() == 0
+        page.fill("#ask textarea", "something for the kitchen")
+        page.click("#send")
+        page.wait_for_function(
+            "[...document.querySelectorAll('#chat .message-row')].some(r => r.innerText.includes('because you liked'))",
+            timeout=120_000,
+        )
+        text = page.locator("#chat").inner_text()
+        named = {t for t in {i["title"] for i in TOY_ITEMS} if f"because you liked {t}" in text}
+        assert named and named <= _history_titles("spacefan"), named
+        browser.close()
+
+
+def test_a_page_beyond_this_machine_needs_logins(tmp_path: Path, capsys) -> None:
+    from recbot.cli import main
+    from recbot.ui.app import check_exposure
+
+    with pytest.raises(ConfigError, match=r"serving on 0\.0\.0\.0 without logins"):
+        check_exposure("0.0.0.0", None)
+    check_exposure("0.0.0.0", LOGINS)
+    check_exposure("127.0.0.1", None)
+    assert main(["--data-dir", str(tmp_path / "d"), "chat", "--host", "0.0.0.0"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        "ConfigError: serving on 0.0.0.0 without logins would let anyone read any user's history; "
+        "pass --auth USER:PASS or --auth-file FILE"
+    )
+    logins = tmp_path / "logins.txt"
+    logins.write_text("# who may log in\nbaker:pw\n\nspacefan\n", encoding="utf-8")
+    assert main(["--data-dir", str(tmp_path / "d"), "chat", "--host", "0.0.0.0", "--auth-file", str(logins)]) == 1
+    assert capsys.readouterr().err.strip() == f"ConfigError: {logins} line 4: expected USER:PASS"

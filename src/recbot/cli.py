@@ -40,7 +40,12 @@ def _common(parent: argparse.ArgumentParser, *, top: bool) -> None:
 def _chat_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=7860)
-    p.add_argument("--auth", help="USER:PASS required to use the page (recommended beyond 127.0.0.1)")
+    p.add_argument("--auth", help="USER:PASS: one login; each visitor sees only their own history")
+    p.add_argument(
+        "--auth-file",
+        type=Path,
+        help="logins, one USER:PASS per line (# comments); needed, like --auth, to serve beyond 127.0.0.1",
+    )
     p.add_argument("--no-blurbs", action="store_true", help="serve without blurbs (loads no generator)")
 
 
@@ -333,13 +338,39 @@ def _eval_generation(args: argparse.Namespace, settings: Settings, data: Any, st
     return 0
 
 
-def _auth(args: argparse.Namespace) -> tuple[str, str] | None:
-    if not args.auth:
-        return None
-    user, sep, password = args.auth.partition(":")
-    if not sep or not user or not password:
-        raise ConfigError("--auth takes USER:PASS")
-    return user, password
+def _auth(args: argparse.Namespace) -> list[tuple[str, str]] | None:
+    """The logins of --auth and --auth-file; None for neither."""
+    logins: list[tuple[str, str]] = []
+    if args.auth:
+        user, sep, password = args.auth.partition(":")
+        if not sep or not user or not password:
+            raise ConfigError("--auth takes USER:PASS")
+        logins.append((user, password))
+    if args.auth_file:
+        logins += read_logins(args.auth_file)
+    return logins or None
+
+
+def read_logins(path: Path) -> list[tuple[str, str]]:
+    """USER:PASS lines (blank lines and # comments skipped); a bad line names the file and line."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the login file ({exc.strerror or exc})") from exc
+    logins: dict[str, str] = {}
+    for n, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        user, sep, password = line.partition(":")
+        if not sep or not user.strip() or not password:
+            raise ConfigError(f"{path} line {n}: expected USER:PASS")
+        if user.strip() in logins:
+            raise ConfigError(f"{path} line {n}: user {user.strip()!r} is listed twice")
+        logins[user.strip()] = password
+    if not logins:
+        raise ConfigError(f"{path}: no logins in the file")
+    return list(logins.items())
 
 
 def cmd_chat(args: argparse.Namespace, settings: Settings) -> int:
@@ -347,13 +378,12 @@ def cmd_chat(args: argparse.Namespace, settings: Settings) -> int:
     return _serve(_open(settings), args, auth)
 
 
-def _serve(rec: Recommender, args: argparse.Namespace, auth: tuple[str, str] | None) -> int:
-    from recbot.ui.app import launch
+def _serve(rec: Recommender, args: argparse.Namespace, auth: list[tuple[str, str]] | None) -> int:
+    from recbot.ui.app import LOCAL_HOSTS, check_exposure, launch
 
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(
-            f"Serving on {args.host}: reachable from other machines." + ("" if auth else " Consider --auth USER:PASS.")
-        )
+    check_exposure(args.host, auth)  # before loading anything
+    if args.host not in LOCAL_HOSTS:
+        print(f"Serving on {args.host}: reachable from other machines; {len(auth or ())} login(s).")
     rec.warm_up(blurbs=not args.no_blurbs)  # the index and models now, not on the first visitor's turn
     launch(rec, host=args.host, port=args.port, auth=auth, blurbs=not args.no_blurbs)
     return 0

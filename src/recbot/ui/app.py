@@ -4,8 +4,10 @@
 # (gr.LikeData) at run time to know which event data to pass.
 import logging
 import os
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from recbot.errors import ConfigError
 from recbot.ui.handlers import ChatHandlers, Session
 
 if TYPE_CHECKING:
@@ -13,7 +15,7 @@ if TYPE_CHECKING:
 
     from recbot.recommender import Recommender
 
-__all__ = ["build_demo", "launch"]
+__all__ = ["LOCAL_HOSTS", "build_demo", "check_exposure", "launch"]
 
 logger = logging.getLogger(__name__)
 
@@ -26,20 +28,50 @@ def _quiet_environment() -> None:
     os.environ.setdefault("DO_NOT_TRACK", "1")
 
 
-def build_demo(recommender: "Recommender", *, blurbs: bool = True, handlers: ChatHandlers | None = None) -> "gr.Blocks":
-    """The chat page over ``recommender``. Each browser session has its own user state."""
+def build_demo(
+    recommender: "Recommender",
+    *,
+    blurbs: bool = True,
+    handlers: ChatHandlers | None = None,
+    logged_in: bool = False,
+) -> "gr.Blocks":
+    """The chat page over ``recommender``. Each browser session has its own user state.
+
+    Args:
+        logged_in: the page is served with authentication: every session's user is the
+            logged-in user (``gr.Request.username``), there is no user picker, and the
+            ``/recommend`` API refuses any other ``user_id``. Without it (the local demo on
+            127.0.0.1) a picker lets the visitor be any user.
+    """
     _quiet_environment()
     import gradio as gr
 
     h = handlers or ChatHandlers(recommender, blurbs=blurbs)
     categories = recommender.categories()
+
+    def own(s: Session, request: gr.Request | None) -> Session:
+        """The session, bound to the logged-in user when the page has logins."""
+        if not logged_in:
+            return s
+        username = getattr(request, "username", None)
+        if not username:
+            raise gr.Error("not logged in")
+        return s if s.user_id == username else Session(user_id=str(username))
+
     with gr.Blocks(title="recbot", analytics_enabled=False) as demo:
         session = gr.State(Session())
-        gr.Markdown("# recbot\nPick who you are, ask for something, and see why each item was picked.")
+        intro = (
+            "Ask for something, and see why each item was picked."
+            if logged_in
+            else ("Pick who you are, ask for something, and see why each item was picked.")
+        )
+        gr.Markdown(f"# recbot\n{intro}")
         with gr.Row():
             with gr.Column(scale=1, min_width=300):
-                user = gr.Dropdown(choices=h.user_choices(), label="You are", value=None, elem_id="user-picker")
-                status = gr.Markdown("Pick a user to start.", elem_id="status")
+                user = None
+                if not logged_in:
+                    user = gr.Dropdown(choices=h.user_choices(), label="You are", value=None, elem_id="user-picker")
+                status = gr.Markdown("Pick a user to start." if not logged_in else "", elem_id="status")
                 k = gr.Slider(1, 20, value=5, step=1, label="How many")
                 category = gr.Dropdown(choices=["", *categories], value="", label="Category (optional)")
                 surprise = gr.Checkbox(label="Surprise me (more variety)", value=False)
@@ -63,14 +95,30 @@ def build_demo(recommender: "Recommender", *, blurbs: bool = True, handlers: Cha
                 ask = gr.Textbox(placeholder="e.g. something lighter than Dune", label="Ask", elem_id="ask")
                 send = gr.Button("Send", variant="primary", elem_id="send")
 
-        def on_user(choice: str | None) -> tuple[Any, ...]:
+        def begin(choice: str | None) -> tuple[Any, ...]:
             s, messages, text = h.start(choice)
             return s, messages, text, h.history_rows(s), gr.update(choices=h.history_titles(s), value=None)
 
-        user.change(on_user, [user], [session, chat, status, history, remove_item], api_visibility="private")
+        started = [session, chat, status, history, remove_item]
+        if user is not None:
+            user.change(begin, [user], started, api_visibility="private")
+        else:
 
-        def on_send(message: str, messages: list[dict[str, Any]], s: Session, n: int, cat: str, sur: bool) -> Any:
-            yield from h.respond(message, messages, s, n, cat, sur)
+            def on_load(request: gr.Request) -> tuple[Any, ...]:
+                return begin(str(own(Session(), request).user_id))
+
+            demo.load(on_load, None, started, api_visibility="private")
+
+        def on_send(
+            message: str,
+            messages: list[dict[str, Any]],
+            s: Session,
+            n: int,
+            cat: str,
+            sur: bool,
+            request: gr.Request,
+        ) -> Any:
+            yield from h.respond(message, messages, own(s, request), n, cat, sur)
 
         # Take the ask and clear the box at once, then answer: clearing after the answer
         # streamed would wipe whatever the user typed meanwhile.
@@ -80,18 +128,21 @@ def build_demo(recommender: "Recommender", *, blurbs: bool = True, handlers: Cha
                 on_send, [pending, chat, session, k, category, surprise], [chat, session], api_visibility="private"
             )
 
-        def on_like(s: Session, data: gr.LikeData) -> tuple[Any, ...]:
+        def on_like(s: Session, data: gr.LikeData, request: gr.Request) -> tuple[Any, ...]:
+            s = own(s, request)
             index = data.index[0] if isinstance(data.index, (list, tuple)) else data.index
             rows, text = h.feedback(s, int(index), bool(data.liked))
             return rows, text, gr.update(choices=h.history_titles(s))
 
         chat.like(on_like, [session], [history, status, remove_item], api_visibility="private")
 
-        def on_add(s: Session, item_id: str | None) -> tuple[Any, ...]:
+        def on_add(s: Session, item_id: str | None, request: gr.Request) -> tuple[Any, ...]:
+            s = own(s, request)
             rows, text = h.like(s, item_id)
             return rows, text, gr.update(choices=h.history_titles(s), value=None)
 
-        def on_remove(s: Session, item_id: str | None) -> tuple[Any, ...]:
+        def on_remove(s: Session, item_id: str | None, request: gr.Request) -> tuple[Any, ...]:
+            s = own(s, request)
             rows, text = h.unlike(s, item_id)
             return rows, text, gr.update(choices=h.history_titles(s), value=None)
 
@@ -99,11 +150,43 @@ def build_demo(recommender: "Recommender", *, blurbs: bool = True, handlers: Cha
         remove_btn.click(on_remove, [session, remove_item], [history, status, remove_item], api_visibility="private")
 
         # the API path (gradio_client): one JSON answer per call
-        def recommend(user_id: str, query: str = "", k: int = 5, category: str = "") -> dict[str, Any]:
+        def recommend(
+            user_id: str = "",
+            query: str = "",
+            k: int = 5,
+            category: str = "",
+            request: gr.Request = None,  # type: ignore[assignment]  # Gradio fills it in; the annotation tells it to
+        ) -> dict[str, Any]:
+            if logged_in:
+                me = str(own(Session(), request).user_id)
+                if user_id not in ("", me):
+                    raise gr.Error(f"logged in as {me}: this page recommends for you only, not for {user_id!r}")
+                user_id = me
+            if not user_id:
+                raise gr.Error("user_id is required")
             return h.api_recommend(user_id, query, k, category or None)
 
-        gr.api(recommend, api_name="recommend", api_description="Recommendations for a user, as JSON.")
+        description = "Recommendations for a user, as JSON." + (
+            " Logged in: always the logged-in user (user_id may be left empty)." if logged_in else ""
+        )
+        gr.api(recommend, api_name="recommend", api_description=description)
     return demo
+
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def check_exposure(host: str, auth: Sequence[tuple[str, str]] | None) -> None:
+    """Refuse to serve the user picker beyond this machine.
+
+    Raises:
+        ConfigError: ``host`` is not local and there are no logins.
+    """
+    if host not in LOCAL_HOSTS and not auth:
+        raise ConfigError(
+            f"serving on {host} without logins would let anyone read any user's history; "
+            "pass --auth USER:PASS or --auth-file FILE"
+        )
 
 
 def launch(
@@ -111,19 +194,27 @@ def launch(
     *,
     host: str = "127.0.0.1",
     port: int = 7860,
-    auth: tuple[str, str] | None = None,
+    auth: Sequence[tuple[str, str]] | None = None,
     blurbs: bool = True,
     block: bool = True,
 ) -> Any:
-    """Serve the chat page; binds 127.0.0.1 unless told otherwise."""
-    demo = build_demo(recommender, blurbs=blurbs)
-    if host not in ("127.0.0.1", "localhost", "::1") and auth is None:
-        logger.warning("serving on %s without --auth: anyone who can reach it can use it", host)
+    """Serve the chat page; binds 127.0.0.1 unless told otherwise.
+
+    Args:
+        auth: (user, password) logins. With them each visitor is the user they log in
+            as; without them the page has a user picker, which is only served on this
+            machine: a host reachable from others needs logins.
+
+    Raises:
+        ConfigError: ``host`` is not local and there are no logins.
+    """
+    check_exposure(host, auth)
+    demo = build_demo(recommender, blurbs=blurbs, logged_in=bool(auth))
     demo.queue(default_concurrency_limit=4)
     demo.launch(
         server_name=host,
         server_port=port,
-        auth=auth,
+        auth=list(auth) if auth else None,
         share=False,
         prevent_thread_lock=not block,
         quiet=False,
