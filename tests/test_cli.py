@@ -111,6 +111,67 @@ def test_eval_asks_reports_interpreter_and_embedding_only(tmp_path: Path, tiny_b
     assert "needs --dataset" in capsys.readouterr().err
 
 
+def test_every_error_a_user_can_hit_is_one_line_word_for_word(tmp_path: Path, tiny_bert, capsys) -> None:
+    """The error tree of recbot.errors as the CLI prints it: ``Name: message``, exit 1, no traceback."""
+    data = cli_ingest(tmp_path, tiny_bert)
+    catalog = write_jsonl(tmp_path / "only-items.jsonl", TOY_ITEMS)
+    bad_dir = tmp_path / "bad"
+    (bad_dir / "chroma").parent.mkdir()
+    (bad_dir / "chroma").write_text("not a directory")
+    empty = str(tmp_path / "empty")
+    assert main(["--data-dir", empty, "--encoder", str(tiny_bert), "ingest", str(catalog)]) == 0
+    capsys.readouterr()
+    cases = [
+        (
+            ["--data-dir", data, "recommend", "--user", "spacefan", "-k", "0"],
+            "ConfigError: k must be at least 1, got 0",
+        ),
+        (
+            ["--data-dir", data, "recommend", "--user", "spacefan", "--category", "toys"],
+            "FilterError: unknown category 'toys'; the catalog has ['books', 'films', 'games', 'kitchen', 'outdoors']",
+        ),
+        (["--data-dir", data, "chat", "--auth", "nocolon"], "ConfigError: --auth takes USER:PASS"),
+        (
+            ["--data-dir", data, "eval", "retrieval"],
+            "ConfigError: eval retrieval needs --dataset (movielens:DIR | amazon:FILE | recbot)",
+        ),
+        (
+            ["--data-dir", data, "--encoder", "other-encoder", "recommend", "--user", "spacefan"],
+            f"ConfigError: the index in {data} was built with encoder {str(tiny_bert)!r}, not 'other-encoder': "
+            "drop --encoder, or index with it in a new --data-dir",
+        ),
+        (
+            ["--data-dir", empty, "train-generator", "--max-steps", "1"],
+            "IndexNotBuiltError: no training examples: ingest a catalog and interactions first",
+        ),
+        (
+            ["--data-dir", str(tmp_path / "none"), "recommend", "--user", "u1"],
+            f"IndexNotBuiltError: no catalog in {tmp_path / 'none'}; run: recbot ingest CATALOG",
+        ),
+    ]
+    for args, expected in cases:
+        assert main(args) == 1, args
+        assert capsys.readouterr().err.strip().splitlines() == [expected]
+    # causes from below recbot (Chroma's, transformers') are quoted after recbot's own words
+    assert main(["--data-dir", str(bad_dir), "recommend", "--user", "u1"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"StoreError: cannot open the Chroma directory {bad_dir / 'chroma'} (") and "\n" not in err
+    assert main(["--data-dir", str(tmp_path / "e2"), "--encoder", "/no/such/encoder", "ingest", str(catalog)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress lines
+    assert err.startswith("ModelNotFoundError: cannot load AutoTokenizer from '/no/such/encoder' offline: ")
+
+
+def test_a_missing_extra_is_named(tmp_path: Path, capsys, monkeypatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gradio" else real(name, *a))
+    assert main(["--data-dir", str(tmp_path), "chat"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        "MissingExtraError: recbot chat needs the 'ui' extra (gradio not installed): pip install 'recbot[ui]'"
+    )
+
+
 def test_tune_and_content_only(tmp_path: Path, tiny_bert, capsys) -> None:
     data = cli_ingest(tmp_path, tiny_bert)
     assert "hybrid weights: defaults" in capsys.readouterr().out  # ingest chose (default) weights

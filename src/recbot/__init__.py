@@ -9,24 +9,30 @@ from recbot.config import Settings
 from recbot.errors import (
     CatalogError,
     ConfigError,
+    EncoderError,
     FilterError,
     IndexNotBuiltError,
+    MissingExtraError,
     ModelNotFoundError,
     RecbotError,
+    StoreError,
     UnknownItemError,
 )
 from recbot.recommender import Recommendations, Recommender
-from recbot.types import Interaction, Item, Reason, Recommendation
+from recbot.types import BlurbUpdate, Interaction, Item, Reason, Recommendation
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BlurbUpdate",
     "CatalogError",
     "ConfigError",
+    "EncoderError",
     "FilterError",
     "IndexNotBuiltError",
     "Interaction",
     "Item",
+    "MissingExtraError",
     "ModelNotFoundError",
     "Reason",
     "RecbotError",
@@ -34,6 +40,7 @@ __all__ = [
     "Recommendations",
     "Recommender",
     "Settings",
+    "StoreError",
     "UnknownItemError",
     "__version__",
 ]

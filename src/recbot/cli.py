@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from recbot.config import Settings
-from recbot.errors import CatalogError, ConfigError, RecbotError
+from recbot.errors import CatalogError, ConfigError, MissingExtraError, RecbotError
 
 if TYPE_CHECKING:
     from recbot.recommender import Recommendations, Recommender
@@ -258,6 +258,8 @@ def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
     from recbot.recommender import make_embedder
 
     started = time.perf_counter()
+    if args.what != "asks":
+        require_extra("eval", f"recbot eval {args.what}")
     if args.what == "asks":
         return _eval_asks(args, settings)
     if args.dataset is None:
@@ -373,15 +375,35 @@ def read_logins(path: Path) -> list[tuple[str, str]]:
     return list(logins.items())
 
 
+EXTRAS = {
+    "ui": ("gradio",),
+    "agent": ("langchain_core", "pydantic"),
+    "eval": ("matplotlib", "sacrebleu", "rouge_score", "sklearn"),
+}
+
+
+def require_extra(extra: str, what: str) -> None:
+    """Raise ``MissingExtraError`` naming ``pip install 'recbot[extra]'`` when its modules are absent."""
+    import importlib.util
+
+    missing = [m for m in EXTRAS[extra] if importlib.util.find_spec(m) is None]
+    if missing:
+        raise MissingExtraError(
+            f"{what} needs the '{extra}' extra ({', '.join(missing)} not installed): pip install 'recbot[{extra}]'"
+        )
+
+
 def cmd_chat(args: argparse.Namespace, settings: Settings) -> int:
+    require_extra("ui", "recbot chat")
     auth = _auth(args)
     return _serve(_open(settings), args, auth)
 
 
 def _serve(rec: Recommender, args: argparse.Namespace, auth: list[tuple[str, str]] | None) -> int:
-    from recbot.ui.app import LOCAL_HOSTS, check_exposure, launch
+    from recbot.ui.app import LOCAL_HOSTS, check_exposure, launch, quiet_environment
 
     check_exposure(args.host, auth)  # before loading anything
+    quiet_environment()
     if args.host not in LOCAL_HOSTS:
         print(f"Serving on {args.host}: reachable from other machines; {len(auth or ())} login(s).")
     rec.warm_up(blurbs=not args.no_blurbs)  # the index and models now, not on the first visitor's turn
@@ -396,6 +418,8 @@ def demo_files() -> tuple[Path, Path]:
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    if not args.no_chat:
+        require_extra("ui", "recbot demo (the chat page; --no-chat does without)")
     rec = _open(settings)
     catalog, interactions = demo_files()
     report = rec.ingest(catalog, interactions=interactions)

@@ -5,11 +5,19 @@ exits 1, and the LangChain tool turns them into a ``ToolException``.
 
     RecbotError
     ├── CatalogError          bad input file or row (file, line, field)
-    ├── ConfigError           a setting that cannot work
+    ├── ConfigError           a setting or argument that cannot work (k < 1, --auth without a colon,
+    │                         serving beyond 127.0.0.1 without logins)
     ├── ModelNotFoundError    no encoder/generator could be loaded offline
-    ├── IndexNotBuiltError    recommend before any ingest
-    ├── FilterError           a filter names a category the catalog does not have
-    └── UnknownItemError      an item id that the catalog does not hold
+    ├── IndexNotBuiltError    nothing ingested yet that the call needs (recommend before ingest,
+    │                         train-generator without interactions)
+    ├── StoreError            the index (SQLite, Chroma) cannot be opened or read, mid-request too
+    ├── EncoderError          the encoder failed on a request
+    ├── FilterError           a filter that cannot work: an unknown category or filter field
+    ├── UnknownItemError      an item id or title that the catalog does not hold
+    └── MissingExtraError     a command needs an optional extra: recbot[ui], recbot[agent], recbot[eval]
+
+A missing or failing *generator* is not an error anywhere: recommendations come back with
+template blurbs marked ``blurb_source="template"`` and one logged notice.
 """
 
 from __future__ import annotations
@@ -19,10 +27,13 @@ from collections.abc import Sequence
 __all__ = [
     "CatalogError",
     "ConfigError",
+    "EncoderError",
     "FilterError",
     "IndexNotBuiltError",
+    "MissingExtraError",
     "ModelNotFoundError",
     "RecbotError",
+    "StoreError",
     "UnknownItemError",
 ]
 
@@ -82,3 +93,16 @@ class FilterError(RecbotError):
 
 class UnknownItemError(RecbotError):
     """An item id that is not in the catalog."""
+
+
+class StoreError(RecbotError):
+    """The index cannot be opened or read: a Chroma path that is not usable, a Chroma server
+    that does not answer, a SQLite file that is gone or locked."""
+
+
+class EncoderError(RecbotError):
+    """The text encoder failed while serving a request."""
+
+
+class MissingExtraError(RecbotError):
+    """A command needs an optional part that is not installed: ``str()`` names the pip extra."""

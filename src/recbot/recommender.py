@@ -17,7 +17,15 @@ import numpy as np
 from recbot.ask import AskIndex, Interpretation, interpret
 from recbot.catalog import Format
 from recbot.config import Settings
-from recbot.errors import ConfigError, FilterError, IndexNotBuiltError, UnknownItemError
+from recbot.errors import (
+    ConfigError,
+    EncoderError,
+    FilterError,
+    IndexNotBuiltError,
+    RecbotError,
+    StoreError,
+    UnknownItemError,
+)
 from recbot.ingest import IngestReport, ingest
 from recbot.retrieval.embedder import BUNDLED_ENCODER_ID, Embedder, LazyEmbedder
 from recbot.retrieval.hybrid import DEFAULT_WEIGHTS, CollabModel, HybridWeights, score_user, tune, zscore
@@ -149,7 +157,10 @@ class Recommender:
         indexed = storage.get_meta("encoder")
         encoder = settings.encoder
         if indexed is not None and encoder is not None and encoder != indexed:
-            raise ConfigError(f"the index was built with encoder {indexed!r}, not {encoder!r}; re-run recbot ingest")
+            raise ConfigError(
+                f"the index in {settings.data_dir} was built with encoder {indexed!r}, not {encoder!r}: "
+                "drop --encoder, or index with it in a new --data-dir"
+            )
         if indexed is not None and indexed != BUNDLED_ENCODER_ID:
             encoder = indexed
         embedder = make_embedder(settings.replace(encoder=encoder))
@@ -220,7 +231,49 @@ class Recommender:
 
         Raises:
             IndexNotBuiltError: nothing has been ingested into the data dir.
+            StoreError: the index (SQLite or Chroma) could not be read.
+            EncoderError: the encoder failed on the ask.
         """
+        try:
+            return self._recommend(
+                user_id,
+                query,
+                k,
+                category,
+                filters=filters,
+                blurbs=blurbs,
+                surprise=surprise,
+                previous=previous,
+                relax=relax,
+                exclude_tags=exclude_tags,
+                exclude_categories=exclude_categories,
+                like=like,
+                context=context,
+            )
+        except RecbotError:
+            raise
+        except _store_failures() as exc:
+            raise StoreError(
+                f"the index in {self.settings.data_dir} could not be read ({type(exc).__name__}: {exc})"
+            ) from exc
+
+    def _recommend(
+        self,
+        user_id: str,
+        query: str | None = None,
+        k: int | None = None,
+        category: str | None = None,
+        *,
+        filters: Filters | None = None,
+        blurbs: bool = True,
+        surprise: bool = False,
+        previous: Sequence[str] = (),
+        relax: bool = True,
+        exclude_tags: Sequence[str] = (),
+        exclude_categories: Sequence[str] = (),
+        like: Sequence[str] = (),
+        context: Interpretation | None = None,
+    ) -> Recommendations:
         started = time.perf_counter()
         k = self.settings.k if k is None else int(k)
         if k < 1:
@@ -551,21 +604,30 @@ class Recommender:
             merged = replace(merged, vague=False, informativeness=max(merged.informativeness, 0.5))
         return merged
 
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        """The encoder, with its failures as ``EncoderError`` (a clear cause, never a stray traceback)."""
+        try:
+            return self.embedder.encode(texts, show_progress=False)
+        except RecbotError:
+            raise
+        except Exception as exc:
+            raise EncoderError(f"the encoder failed on the ask ({type(exc).__name__}: {exc})") from exc
+
     def _name_similarity(self, phrase: str, names: Sequence[str]) -> list[float]:
         """BERT cosine of ``phrase`` to each of ``names`` (category or tag names, embedded once),
         for the ask interpreter's type words and negated phrases."""
         missing = [n for n in dict.fromkeys(names) if n not in self._name_vectors]
         if missing:
-            for name, vec in zip(missing, self.embedder.encode(missing, show_progress=False), strict=True):
+            for name, vec in zip(missing, self._encode(missing), strict=True):
                 self._name_vectors[name] = vec
-        vec = self.embedder.encode([phrase], show_progress=False)[0]
+        vec = self._encode([phrase])[0]
         return [float(self._name_vectors[n] @ vec) for n in names]
 
     def _avoid_vector(self, understood: Interpretation | None) -> np.ndarray | None:
         """The mean embedding of the ask's negated free phrases ("nothing too violent"); None if none."""
         if understood is None or not understood.avoid_text:
             return None
-        vec = np.mean(self.embedder.encode(list(understood.avoid_text), show_progress=False), axis=0)
+        vec = np.mean(self._encode(list(understood.avoid_text)), axis=0)
         norm = float(np.linalg.norm(vec))
         return vec / norm if norm else None
 
@@ -575,7 +637,7 @@ class Recommender:
         None for a vague ask."""
         parts: list[np.ndarray] = []
         if understood.soft:
-            parts.append(self.embedder.encode([understood.soft], show_progress=False)[0])
+            parts.append(self._encode([understood.soft])[0])
         anchors = self.store.get_vectors(list(understood.anchors)) if understood.anchors else {}
         if anchors:
             parts.append(np.mean(np.stack(list(anchors.values())), axis=0))
@@ -750,6 +812,17 @@ def _with_facts(
     if shared.any():
         parts.append(zscore(shared))
     return np.sum(parts, axis=0)
+
+
+def _store_failures() -> tuple[type[BaseException], ...]:
+    """What SQLite and Chroma raise when the index cannot be read (a deleted or locked
+    file, a Chroma server that is down): turned into ``StoreError`` by ``recommend``."""
+    import sqlite3
+
+    import chromadb.errors
+    import httpx
+
+    return (sqlite3.Error, OSError, chromadb.errors.ChromaError, httpx.HTTPError)
 
 
 def _type_tag(understood: Interpretation, category: str | None) -> str | None:

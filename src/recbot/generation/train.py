@@ -377,7 +377,7 @@ def train_generator(
     train = [e for e in examples if not e.held_out]
     held = [e for e in examples if e.held_out]
     if not train:
-        raise ConfigError("no training examples: ingest interactions first")
+        raise IndexNotBuiltError("no training examples: ingest a catalog and interactions first")
     corpus = [e.prompt + e.target for e in train] + [i.text for i in catalog.values()]
     model, tokenizer, base_desc = _load_base(config, corpus)
     pad_id = tokenizer.pad_token_id

@@ -58,8 +58,6 @@ def load_pretrained(loader: type, name: str, **kwargs: object) -> Any:
     A local path loads as is; a hub id loads from the local cache first, and only goes
     to the hub when HF_HUB_OFFLINE is not set. Safetensors only, never remote code.
     """
-    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     kwargs = {"trust_remote_code": False, **kwargs}
     attempts = [True] if Path(name).exists() or os.environ.get("HF_HUB_OFFLINE") == "1" else [True, False]
     last: Exception | None = None
@@ -94,9 +92,6 @@ class BertEmbedder:
         batch_size: int = 64,
         max_length: int = 256,
     ) -> None:
-        # read by huggingface_hub at import: set before transformers loads
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-        os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
         import torch  # heavy: imported here, not at module load
         from transformers import AutoModel, AutoTokenizer
 

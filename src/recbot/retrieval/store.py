@@ -9,7 +9,6 @@ filters use inverted indexes; beyond that size the query goes to Chroma's ANN in
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -17,6 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+
+from recbot.errors import ConfigError, StoreError
 
 if TYPE_CHECKING:
     from chromadb.api import ClientAPI
@@ -53,16 +54,25 @@ class VectorStore(Protocol):
 
 def make_client(path: str | Path | None = None, *, host: str | None = None, port: int = 8000) -> ClientAPI:
     """An embedded PersistentClient at ``path``, or an HttpClient when ``host`` is given.
-    Telemetry is off either way."""
-    os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+    Telemetry is off either way (in the client's settings; no environment is touched).
+
+    Raises:
+        ConfigError: neither a path nor a host.
+        StoreError: the client cannot be made (a path that is not a usable directory, a
+            server that does not answer).
+    """
     import chromadb
 
     settings = chromadb.Settings(anonymized_telemetry=False, allow_reset=False)
-    if host:
-        return chromadb.HttpClient(host=host, port=port, settings=settings)
-    if path is None:
-        raise ValueError("either a path or a host is needed")
-    return chromadb.PersistentClient(path=str(path), settings=settings)
+    if not host and path is None:
+        raise ConfigError("a Chroma client needs a path or a host")
+    where = f"the Chroma server at {host}:{port}" if host else f"the Chroma directory {path}"
+    try:
+        if host:
+            return chromadb.HttpClient(host=host, port=port, settings=settings)
+        return chromadb.PersistentClient(path=str(path), settings=settings)
+    except Exception as exc:  # chromadb raises ValueError, OSError, sqlite3 or httpx errors here
+        raise StoreError(f"cannot open {where} ({type(exc).__name__}: {exc})") from exc
 
 
 class Snapshot:

@@ -15,13 +15,16 @@ if TYPE_CHECKING:
 
     from recbot.recommender import Recommender
 
-__all__ = ["LOCAL_HOSTS", "build_demo", "check_exposure", "launch"]
+__all__ = ["LOCAL_HOSTS", "build_demo", "check_exposure", "launch", "quiet_environment"]
 
 logger = logging.getLogger(__name__)
 
 
-def _quiet_environment() -> None:
-    """Nothing phones home: set before gradio is imported, since it reads them at import."""
+def quiet_environment() -> None:
+    """Nothing phones home: Gradio analytics off, no Hugging Face hub lookups, no telemetry.
+    Gradio reads these at import, so an entry point calls this before anything imports it
+    (``launch`` and ``recbot chat`` do; a host that calls ``build_demo`` itself calls it first).
+    The only place recbot writes ``os.environ`` besides the CLI's own start-up."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # gradio_client looks up huggingface.co otherwise
@@ -43,7 +46,6 @@ def build_demo(
             ``/recommend`` API refuses any other ``user_id``. Without it (the local demo on
             127.0.0.1) a picker lets the visitor be any user.
     """
-    _quiet_environment()
     import gradio as gr
 
     h = handlers or ChatHandlers(recommender, blurbs=blurbs)
@@ -209,6 +211,7 @@ def launch(
         ConfigError: ``host`` is not local and there are no logins.
     """
     check_exposure(host, auth)
+    quiet_environment()
     demo = build_demo(recommender, blurbs=blurbs, logged_in=bool(auth))
     demo.queue(default_concurrency_limit=4)
     demo.launch(
