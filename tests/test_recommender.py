@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from recbot.errors import ConfigError, IndexNotBuiltError, UnknownItemError
+from recbot.errors import ConfigError, FilterError, IndexNotBuiltError, UnknownItemError
 from tests.conftest import TOY_ITEMS, write_jsonl
 
 TOPICS = ["apple", "brick", "cloud", "delta", "ember"]
@@ -39,6 +39,19 @@ def test_category_and_metadata_filters(toy_recommender) -> None:
     assert recs and all(r.item.category == "kitchen" for r in recs)
     recs = toy_recommender.recommend("spacefan", k=5, filters={"tags": "hiking"})
     assert [r.item.id for r in recs] == ["h1"]
+    with pytest.raises(FilterError, match=r"unknown filter field\(s\) \['colour'\]; the catalog's fields are \["):
+        toy_recommender.recommend("spacefan", k=5, filters={"colour": "red"})
+
+
+def test_scores_and_reasons_say_what_they_are(toy_recommender) -> None:
+    hybrid = toy_recommender.recommend("spacefan", k=3)
+    assert hybrid.strategy == "hybrid" and {r.score_kind for r in hybrid} == {"hybrid"}
+    assert all(b.signal in ("text", "co-occurrence") for r in hybrid for b in r.because)
+    assert hybrid.to_dict()["recommendations"][0]["score_kind"] == "hybrid"
+    cold = toy_recommender.recommend("nobody", query="bread", k=2)
+    assert {r.score_kind for r in cold} == {"cosine"}
+    popular = toy_recommender.recommend("nobody", k=2)
+    assert popular.strategy == "popular" and {r.score_kind for r in popular} == {"popularity"}
 
 
 def test_query_steers_and_cold_start(toy_recommender) -> None:
@@ -65,8 +78,10 @@ def test_json_shape(toy_recommender) -> None:
     out = toy_recommender.recommend("spacefan", k=2).to_dict()
     assert set(out) == {"user_id", "query", "strategy", "recommendations"}
     rec = out["recommendations"][0]
-    assert set(rec) == {"item_id", "title", "score", "rank", "because", "blurb", "blurb_source", "grounded"}
-    assert set(rec["because"][0]) == {"item_id", "title", "similarity", "also_liked_by"}
+    assert set(rec) == {
+        "item_id", "title", "score", "score_kind", "rank", "because", "blurb", "blurb_source", "grounded"
+    }  # fmt: skip
+    assert set(rec["because"][0]) == {"item_id", "title", "similarity", "also_liked_by", "signal"}
     assert rec["blurb"] is None
 
 

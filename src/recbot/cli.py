@@ -209,7 +209,7 @@ def _print_recs(recs: Recommendations) -> None:
         if rec.because:
             print("    because you liked: " + "; ".join(r.describe() for r in rec.because))
         if rec.blurb:
-            print(f"    {rec.blurb}")
+            print(f"    {rec.blurb}" + ("  [template blurb]" if rec.blurb_source == "template" else ""))
 
 
 def cmd_recommend(args: argparse.Namespace, settings: Settings) -> int:

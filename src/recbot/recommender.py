@@ -43,6 +43,7 @@ __all__ = ["Recommendations", "Recommender", "Strategy"]
 logger = logging.getLogger(__name__)
 
 Strategy = Literal["hybrid", "hybrid+query", "profile", "query", "profile+query", "popular"]
+ScoreKind = Literal["cosine", "hybrid", "popularity"]
 STRATEGY_TEXT: dict[str, str] = {
     "hybrid": "ranked by your history: similar items, what people with your items liked, and popularity",
     "hybrid+query": "ranked by your ask and your history: similar items, what people with your items liked",
@@ -297,6 +298,7 @@ class Recommender:
             surprise = surprise or understood.surprise
         if category:
             category = self._canonical_category(category, catalog)
+        _check_filter_fields(filters or {}, catalog)
         all_filters = {**(filters or {}), **({"category": category} if category else {})}
         kind = _type_tag(understood, category) if understood is not None else None
         if kind and "tags" not in all_filters:  # "a board game": a kind of item, so a filter, not a taste
@@ -347,6 +349,7 @@ class Recommender:
         cand = np.stack([vectors[i] for i in ids]) if ids else np.zeros((0, 1), dtype=np.float32)
         order = mmr(cand, unit_range(relevance) if hybrid is not None else relevance, k, lam)
         positive = np.where(weights > 0, weights, 0.0)
+        score_kind: ScoreKind = "hybrid" if hybrid is not None else "cosine" if target is not None else "popularity"
         recs = []
         for rank, j in enumerate(order, start=1):
             counts, extra = np.zeros(len(history)), None
@@ -354,9 +357,20 @@ class Recommender:
                 counts, extra = hybrid[1].together([h.item_id for h in history], ids[j])
             reasons = top_reasons(cand[j], hist_vectors, positive, self.settings.reasons_per_item, extra)
             because = tuple(
-                Reason(history[h].item_id, catalog[history[h].item_id].title, s, int(counts[h])) for h, s in reasons
+                Reason(
+                    history[h].item_id,
+                    catalog[history[h].item_id].title,
+                    s,
+                    int(counts[h]),
+                    signal="co-occurrence" if extra is not None and extra[h] > s else "text",
+                )
+                for h, s in reasons
             )
-            recs.append(Recommendation(item=catalog[ids[j]], score=float(relevance[j]), rank=rank, because=because))
+            recs.append(
+                Recommendation(
+                    item=catalog[ids[j]], score=float(relevance[j]), rank=rank, because=because, score_kind=score_kind
+                )
+            )
         if not recs and relax and understood is not None and _hard(understood):
             # nothing meets the ask's hard constraints: say so, and answer without them
             relaxed = self.recommend(
@@ -812,6 +826,17 @@ def _with_facts(
     if shared.any():
         parts.append(zscore(shared))
     return np.sum(parts, axis=0)
+
+
+def _check_filter_fields(filters: Mapping[str, Any], catalog: Mapping[str, Item]) -> None:
+    """An unknown filter field matches nothing: say so, naming the fields there are."""
+    unknown = [name for name in filters if name not in ("category", "tags")]
+    if not unknown:
+        return
+    known = {"category", "tags"} | {key for item in catalog.values() for key in item.metadata}
+    bad = [name for name in unknown if name not in known]
+    if bad:
+        raise FilterError(f"unknown filter field(s) {bad}; the catalog's fields are {sorted(known)}")
 
 
 def _store_failures() -> tuple[type[BaseException], ...]:

@@ -45,6 +45,10 @@ class Item:
         }
 
 
+LIKED_RATING = 4.0  # on the 1-5 scale: 4 and 5 are likes
+NEUTRAL_RATING = 3.0  # the profile's zero: 5 -> +1, 3 -> 0, 1 -> -1
+
+
 @dataclass(frozen=True, slots=True)
 class Interaction:
     """A user's rating, like or review of one item."""
@@ -55,6 +59,17 @@ class Interaction:
     review: str | None = None
     timestamp: int | None = None  # seconds since the epoch
 
+    @property
+    def liked(self) -> bool:
+        """A like: a rating of ``LIKED_RATING`` or more, or an implicit interaction (no rating).
+        The one definition blurbs, training and evaluation use."""
+        return self.rating is None or self.rating >= LIKED_RATING
+
+    @property
+    def disliked(self) -> bool:
+        """A rating below the neutral ``NEUTRAL_RATING`` (the profile pushes away from these)."""
+        return self.rating is not None and self.rating < NEUTRAL_RATING
+
 
 @dataclass(frozen=True, slots=True)
 class Reason:
@@ -64,6 +79,9 @@ class Reason:
     title: str
     similarity: float  # cosine between the two items' text embeddings
     also_liked_by: int = 0  # other users with both items in their history (hybrid ranking)
+    # which evidence weighed most in choosing this reason: "text" (the cosine above) or
+    # "co-occurrence" (the item-kNN cosine of who has both, hybrid ranking)
+    signal: str = "text"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -71,11 +89,13 @@ class Reason:
             "title": self.title,
             "similarity": round(self.similarity, 4),
             "also_liked_by": self.also_liked_by,
+            "signal": self.signal,
         }
 
     def describe(self) -> str:
         """``Title (0.61)`` or ``Title (0.61; 12 others have both)``."""
-        both = f"; {self.also_liked_by} others have both" if self.also_liked_by else ""
+        n = self.also_liked_by
+        both = f"; {n} other{'s have' if n > 1 else ' has'} both" if n else ""
         return f"{self.title} ({self.similarity:.2f}{both})"
 
 
@@ -91,6 +111,9 @@ class Recommendation:
     blurb_source: str | None = None  # "generated" (GPT-2) or "template" (from facts); None: no blurb asked for
     grounded: bool | None = None  # the final blurb passed the guard: supported words, no salad, right titles
     blurb_note: str | None = None  # why a blurb was templated, or None
+    # what ``score`` is: "cosine" (to the interest vector, -1..1), "hybrid" (a blend of z-scored
+    # signals: only the order means something) or "popularity" (share of the top item's users, 0..1)
+    score_kind: str = "cosine"
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON shape of DESIGN.md's ``recommend --json``."""
@@ -98,6 +121,7 @@ class Recommendation:
             "item_id": self.item.id,
             "title": self.item.title,
             "score": round(self.score, 4),
+            "score_kind": self.score_kind,
             "rank": self.rank,
             "because": [r.to_dict() for r in self.because],
             "blurb": self.blurb,

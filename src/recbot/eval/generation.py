@@ -46,7 +46,7 @@ def _continuation(blurb: str, opening: str) -> str:
 
 
 def _liked(h: Interaction) -> bool:
-    return h.rating is None or h.rating >= 4
+    return h.liked
 
 
 def _scores(hyps: Sequence[str], refs: Sequence[str], features: frozenset[str]) -> dict[str, float]:

@@ -78,7 +78,7 @@ def opening(item: Item, because: Item | None) -> str:
 
 
 def _history_line(history: Sequence[tuple[Item, Interaction]], because: Item | None, max_items: int) -> str:
-    liked = [(it, h) for it, h in history if h.rating is None or h.rating >= 4]
+    liked = [(it, h) for it, h in history if h.liked]
     # the reason first, then the most recent likes
     liked.sort(key=lambda p: (because is None or p[0].id != because.id, -(p[1].timestamp or 0)))
     parts = []
@@ -234,7 +234,7 @@ def sentence_options(
     rest: list[str] = []
     tags = {t.casefold() for t in item.tags}
     for it, h in history:
-        if not h.review or not (h.rating is None or h.rating >= 4) or it.id == item.id:
+        if not h.review or not h.liked or it.id == item.id:
             continue
         words = review_clause(h.review)
         if not words:
@@ -250,7 +250,7 @@ def sentence_options(
 def _own_words(item: Item, because: Item | None, history: Sequence[tuple[Item, Interaction]]) -> str:
     """A sentence quoting the user's own review: of the liked item behind the
     recommendation, else of the liked item that shares most tags with this one."""
-    reviewed = [(it, h) for it, h in history if h.review and (h.rating is None or h.rating >= 4) and it.id != item.id]
+    reviewed = [(it, h) for it, h in history if h.review and h.liked and it.id != item.id]
     if because is not None:
         for it, h in reviewed:
             if it.id == because.id and (words := review_clause(h.review or "")):

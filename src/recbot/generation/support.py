@@ -73,8 +73,8 @@ def content_words(text: str) -> list[str]:
 
 
 def liked(h: Interaction) -> bool:
-    """A like: a rating of 4 or more, or an implicit interaction (no rating)."""
-    return h.rating is None or h.rating >= 4
+    """``Interaction.liked``, as a function for filters and sorts."""
+    return h.liked
 
 
 def _facts(item: Item) -> str:

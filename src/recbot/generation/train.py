@@ -188,7 +188,7 @@ def build_examples(
     for user, hist in sorted(by_user.items()):
         for j, h in enumerate(hist):
             held_out = config.holdout_last and j == len(hist) - 1
-            if not held_out and not (h.rating is None or h.rating >= 3):
+            if not held_out and h.disliked:
                 continue  # a blurb recommends: do not learn from complaints
             examples.append(example(user, h, catalog[h.item_id], hist[:j], held_out))
     users = sorted(by_user)

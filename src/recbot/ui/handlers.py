@@ -10,7 +10,6 @@ import re
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from functools import partial
 from importlib import resources
 from typing import Any
 
@@ -33,9 +32,12 @@ def escape_text(text: str) -> str:
     return html.escape(_MD_SPECIAL.sub(r"\\\1", text), quote=False)
 
 
-def format_recommendation(rec: Recommendation, blurb: str | None, *, show_score: bool = True) -> str:
-    """One chat card. ``show_score``: a cosine reads as a match; the hybrid's blended
-    score (standard deviations, often negative down the list) does not, so it is left out."""
+def format_recommendation(rec: Recommendation, blurb: str | None, *, show_score: bool | None = None) -> str:
+    """One chat card. ``show_score`` (default: unless ``rec.score_kind`` is "hybrid"): a cosine
+    reads as a match; the hybrid's blended score (standard deviations, often negative down
+    the list) does not, so it is left out."""
+    if show_score is None:
+        show_score = rec.score_kind != "hybrid"
     score = f" · score {rec.score:.2f}" if show_score else ""
     lines = [f"**{escape_text(rec.item.title)}** · {escape_text(rec.item.category)}{score}"]
     if rec.because:
@@ -139,7 +141,7 @@ class ChatHandlers:
             chat.append({"role": "assistant", "content": "Nothing matched; try another category or ask."})
         first = len(chat)
         shown = dict(session.shown)
-        card = partial(format_recommendation, show_score=not recs.strategy.startswith("hybrid"))
+        card = format_recommendation
         for i, r in enumerate(recs):
             chat.append({"role": "assistant", "content": card(r, "…" if self.blurbs else None)})
             shown[first + i] = r.item.id
