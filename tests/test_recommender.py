@@ -158,7 +158,7 @@ def test_a_negated_category_also_excludes_items_tagged_with_it(toy_recommender) 
     """MovieLens makes the first genre the category and every genre a tag: 'no thriller'
     must drop a Drama tagged Thriller too."""
     from recbot.ask import Interpretation
-    from recbot.recommender import _excluded_by
+    from recbot.serving import excluded_by
     from recbot.types import Item
 
     catalog = {"a": Item("a", "A", category="Drama", tags=("Drama", "Thriller")), "b": Item("b", "B", category="Drama")}
@@ -166,7 +166,7 @@ def test_a_negated_category_also_excludes_items_tagged_with_it(toy_recommender) 
         category=None, exclude_categories=("Thriller",), exclude_tags=(), anchors=(), exclude_items=(),
         avoid_text=(), soft="", vague=False, surprise=False, refers_to=(), reject_previous=(), informativeness=0.5,
     )  # fmt: skip
-    assert _excluded_by(understood, catalog, asks_for_similar=False) == {"a"}
+    assert excluded_by(understood, catalog, asks_for_similar=False) == {"a"}
 
 
 def test_a_thumbs_up_reaches_the_collaborative_model_without_reingesting(toy_recommender) -> None:

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import logging
-import re
 import time
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from recbot.ask import AskIndex, Interpretation, interpret
-from recbot.catalog import Format
 from recbot.config import Settings
 from recbot.errors import (
     ConfigError,
@@ -26,32 +23,39 @@ from recbot.errors import (
     StoreError,
     UnknownItemError,
 )
-from recbot.ingest import IngestReport, ingest
+from recbot.index import Index
+from recbot.ingest import IngestReport
 from recbot.retrieval.embedder import BUNDLED_ENCODER_ID, Embedder, LazyEmbedder
-from recbot.retrieval.hybrid import DEFAULT_WEIGHTS, CollabModel, HybridWeights, score_user, tune, zscore
+from recbot.retrieval.hybrid import CollabModel, HybridWeights, score_user
 from recbot.retrieval.profile import blend_query, build_profile, rating_weights, recency_weights, with_reviews
-from recbot.retrieval.ranking import mmr, top_reasons, unit_range
+from recbot.retrieval.ranking import mmr, unit_range
 from recbot.retrieval.store import ChromaStore, Filters, Snapshot, VectorStore, make_client
+from recbot.serving import (
+    AVOID_PUSH,
+    SIMILAR,
+    STRATEGY_TEXT,
+    ScoreKind,
+    Strategy,
+    check_filter_fields,
+    excluded_by,
+    explain,
+    has_hard_constraints,
+    matches,
+    merge_follow_up,
+    store_failures,
+    too_close,
+    type_tag,
+    with_facts,
+)
 from recbot.storage import Storage
-from recbot.types import BlurbUpdate, Interaction, Item, Reason, Recommendation
+from recbot.types import BlurbUpdate, Interaction, Item, Recommendation
 
 if TYPE_CHECKING:
     from recbot.generation.train import TrainConfig, TrainReport
 
-__all__ = ["Recommendations", "Recommender", "Strategy"]
+__all__ = ["STRATEGY_TEXT", "BlurbWriter", "Recommendations", "Recommender", "Strategy"]
 
 logger = logging.getLogger(__name__)
-
-Strategy = Literal["hybrid", "hybrid+query", "profile", "query", "profile+query", "popular"]
-ScoreKind = Literal["cosine", "hybrid", "popularity"]
-STRATEGY_TEXT: dict[str, str] = {
-    "hybrid": "ranked by your history: similar items, what people with your items liked, and popularity",
-    "hybrid+query": "ranked by your ask and your history: similar items, what people with your items liked",
-    "profile": "ranked by similarity to your history",
-    "query": "no usable history: ranked by similarity to your ask alone",
-    "profile+query": "ranked by similarity to your history and your ask",
-    "popular": "no usable history and no ask: popular items, diversified",
-}
 
 
 class BlurbWriter(Protocol):
@@ -133,6 +137,7 @@ class Recommender:
         self.store = store
         self.embedder = embedder
         self.writer = writer
+        self.index = Index(settings, storage=storage, store=store, embedder=embedder)  # every write goes here
         self._version = storage.get_meta("version")
         self._interactions = storage.get_meta("interactions")  # bumped by feedback (add_feedback)
         self._popularity: dict[str, int] | None = None
@@ -253,7 +258,7 @@ class Recommender:
             )
         except RecbotError:
             raise
-        except _store_failures() as exc:
+        except store_failures() as exc:
             raise StoreError(
                 f"the index in {self.settings.data_dir} could not be read ({type(exc).__name__}: {exc})"
             ) from exc
@@ -283,33 +288,25 @@ class Recommender:
         catalog = self.storage.items()
         if not catalog:
             raise IndexNotBuiltError(f"no catalog in {self.settings.data_dir}; run: recbot ingest CATALOG")
+        # 1. context: the ask read, the user's history, what is ruled out
         understood = self._interpret(query or "", catalog, previous, exclude_tags, exclude_categories, like)
-        follow_up = understood is not None and (understood.refers_to or understood.reject_previous or understood.vague)
-        if understood is not None and context is not None and follow_up:
-            understood = replace(
-                understood,
-                category=understood.category or context.category,
-                tags=tuple(dict.fromkeys([*context.tags, *understood.tags])),
-                exclude_tags=tuple(dict.fromkeys([*context.exclude_tags, *understood.exclude_tags])),
-                exclude_categories=tuple(dict.fromkeys([*context.exclude_categories, *understood.exclude_categories])),
-            )
         if understood is not None:
+            understood = merge_follow_up(understood, context)
             category = category or understood.category
             surprise = surprise or understood.surprise
         if category:
             category = self._canonical_category(category, catalog)
-        _check_filter_fields(filters or {}, catalog)
+        check_filter_fields(filters or {}, catalog)
         all_filters = {**(filters or {}), **({"category": category} if category else {})}
-        kind = _type_tag(understood, category) if understood is not None else None
+        kind = type_tag(understood, category) if understood is not None else None
         if kind and "tags" not in all_filters:  # "a board game": a kind of item, so a filter, not a taste
             all_filters["tags"] = kind
         history = [h for h in self.storage.history(user_id) if h.item_id in catalog]
         feedback = self.storage.feedback(user_id)
         exclude = frozenset(h.item_id for h in history) | {i for i, v in feedback.items() if v < 0}
         if understood is not None:
-            similar = bool(like) or bool(_SIMILAR.search(query or ""))
-            exclude |= _excluded_by(understood, catalog, asks_for_similar=similar)
-
+            similar = bool(like) or bool(SIMILAR.search(query or ""))
+            exclude |= excluded_by(understood, catalog, asks_for_similar=similar)
         hist_vectors, weights = self._history_vectors(user_id, history)
         profile = build_profile(hist_vectors, weights, dislike_weight=self.settings.dislike_weight)
         avoid = self._avoid_vector(understood)
@@ -318,60 +315,49 @@ class Recommender:
         said = 1.0 if understood is None or understood.anchors else understood.informativeness
         ask_weight = self.settings.query_weight * said
         target = blend_query(profile, ask, ask_weight)
-        strategy: Strategy = (
-            "popular"
-            if target is None
-            else "query"
-            if profile is None
-            else "profile"
-            if ask is None
-            else "profile+query"
-        )
-        lam = self.settings.surprise_mmr_lambda if surprise else self.settings.mmr_lambda
+
+        # 2. candidates: hybrid scores, else nearest to the target, else popular
         hybrid = self._hybrid() if profile is not None and self.settings.hybrid else None
+        strategy: Strategy
+        score_kind: ScoreKind
         if hybrid is not None and profile is not None:
             anchors = understood.anchors if understood is not None else ()
             wanted = [t for t in understood.tags if t != kind] if understood is not None else []
             ids, relevance = self._hybrid_candidates(
                 hybrid, history, profile, ask, all_filters, exclude, ask_weight, anchors, wanted, catalog
             )
-            strategy = "hybrid" if ask is None else "hybrid+query"
+            strategy, score_kind = ("hybrid" if ask is None else "hybrid+query"), "hybrid"
         elif target is not None:
             hits = self.store.search(target, self.settings.candidates, filters=all_filters or None, exclude=exclude)
-            ids = [h.id for h in hits]
-            relevance = np.array([h.score for h in hits])
+            ids, relevance = [h.id for h in hits], np.array([h.score for h in hits])
+            strategy = "query" if profile is None else "profile" if ask is None else "profile+query"
+            score_kind = "cosine"
         else:
             ids, relevance = self._popular_candidates(catalog, all_filters, exclude)
+            strategy, score_kind = "popular", "popularity"
+
+        # 3. rank: what stands out as close to a negated phrase goes, then MMR
         vectors = self.store.get_vectors(ids)
-        too_close = self._too_close(avoid, vectors) if avoid is not None else set()
-        keep = [j for j, i in enumerate(ids) if i in vectors and i not in too_close]
+        if avoid is not None:
+            view = self.store.exact_view()
+            dropped = too_close(avoid, vectors, None if view is None else view.matrix @ avoid)
+            logger.debug("dropped %d candidate(s) close to the negated phrase(s): %s", len(dropped), sorted(dropped))
+            vectors = {i: v for i, v in vectors.items() if i not in dropped}
+        keep = [j for j, i in enumerate(ids) if i in vectors]
         ids, relevance = [ids[j] for j in keep], relevance[keep]
         cand = np.stack([vectors[i] for i in ids]) if ids else np.zeros((0, 1), dtype=np.float32)
+        lam = self.settings.surprise_mmr_lambda if surprise else self.settings.mmr_lambda
         order = mmr(cand, unit_range(relevance) if hybrid is not None else relevance, k, lam)
-        positive = np.where(weights > 0, weights, 0.0)
-        score_kind: ScoreKind = "hybrid" if hybrid is not None else "cosine" if target is not None else "popularity"
+
+        # 4. explain: "because you liked X", co-occurrence counting as evidence on the hybrid path
         recs = []
+        n_reasons = self.settings.reasons_per_item
         for rank, j in enumerate(order, start=1):
-            counts, extra = np.zeros(len(history)), None
-            if hybrid is not None:  # co-occurrence is evidence too: "others have both"
-                counts, extra = hybrid[1].together([h.item_id for h in history], ids[j])
-            reasons = top_reasons(cand[j], hist_vectors, positive, self.settings.reasons_per_item, extra)
-            because = tuple(
-                Reason(
-                    history[h].item_id,
-                    catalog[history[h].item_id].title,
-                    s,
-                    int(counts[h]),
-                    signal="co-occurrence" if extra is not None and extra[h] > s else "text",
-                )
-                for h, s in reasons
-            )
-            recs.append(
-                Recommendation(
-                    item=catalog[ids[j]], score=float(relevance[j]), rank=rank, because=because, score_kind=score_kind
-                )
-            )
-        if not recs and relax and understood is not None and _hard(understood):
+            item = catalog[ids[j]]
+            together = hybrid[1].together([h.item_id for h in history], item.id) if hybrid is not None else None
+            because = explain(cand[j], history, hist_vectors, weights, catalog, n_reasons, together)
+            recs.append(Recommendation(item, float(relevance[j]), rank, because, score_kind=score_kind))
+        if not recs and relax and understood is not None and has_hard_constraints(understood):
             # nothing meets the ask's hard constraints: say so, and answer without them
             relaxed = self.recommend(
                 user_id,
@@ -388,6 +374,8 @@ class Recommender:
             relaxed.understood_text = understood.describe({i: it.title for i, it in catalog.items()})
             relaxed.relaxed = f"nothing in the catalog is {relaxed.understood_text}; showing the closest without that"
             return relaxed
+
+        # 5. blurbs
         if blurbs and self.writer is not None and recs:
             recs = self.writer.write([(catalog[h.item_id], h) for h in history], recs, catalog)
         logger.debug("recommend(%s) %s in %.1f ms", user_id, strategy, (time.perf_counter() - started) * 1e3)
@@ -444,49 +432,23 @@ class Recommender:
             self._popularity = self.storage.popularity()
         return MappingProxyType(self._popularity)
 
-    def ingest(
-        self,
-        path: str | Path | None,
-        *,
-        fmt: Format = "auto",
-        interactions: str | Path | None = None,
-        strict: bool = False,
-        holdout_last: bool = False,
-    ) -> IngestReport:
-        """Ingest a catalog and/or interactions into this recommender's data dir.
-
-        See ``recbot.ingest.ingest``; this process sees the new index at once. When the
-        catalog or the interactions changed, the hybrid's weights are chosen again (``tune``).
-        """
-        report = ingest(
-            path,
-            storage=self.storage,
-            store=self.store,
-            embedder=self.embedder,
-            fmt=fmt,
-            interactions=interactions,
-            strict=strict,
-            holdout_last=holdout_last,
-        )
+    # -- the write path: recbot.index.Index --
+    def ingest(self, path: str | Path | None, **options: Any) -> IngestReport:
+        """Ingest a catalog and/or interactions into this recommender's data dir
+        (``Index.ingest``: ``fmt``, ``interactions``, ``strict``, ``holdout_last``); this
+        process sees the new index at once. When the catalog or the interactions changed,
+        the hybrid's weights are chosen again (``tune``)."""
+        report = self.index.ingest(path, **options)
         self._reload_if_changed()
-        changed = report.interactions or report.added or report.updated or report.removed
-        if changed or self.storage.get_meta("hybrid") is None:
-            report.hybrid = self.tune().describe()
         return report
 
     def train_generator(self, config: TrainConfig | None = None, *, out_dir: str | Path | None = None) -> TrainReport:
         """Train the blurb generator on this data dir's catalog and interactions, save it
         to ``DATA_DIR/generator`` (or ``out_dir``), and use it from now on."""
-        from recbot.generation.train import TrainConfig, train_generator
-        from recbot.generation.writer import GENERATOR_DIR, LazyWriter
+        from recbot.generation.writer import LazyWriter
 
         self._reload_if_changed()
-        catalog = self.storage.items()
-        snap_ids = list(catalog)
-        vectors = self.store.get_vectors(snap_ids)
-        interactions = [h for user in self.storage.users() for h in self.storage.history(user)]
-        target = Path(out_dir) if out_dir else Path(self.settings.data_dir) / GENERATOR_DIR
-        report = train_generator(catalog, interactions, vectors, target, config or TrainConfig())
+        report = self.index.train_generator(config, out_dir=out_dir)
         if out_dir is None:
             self.writer = LazyWriter(self.settings)  # pick up the new model on the next blurb
         return report
@@ -503,58 +465,24 @@ class Recommender:
         return True
 
     def tune(self, *, show_progress: bool = True) -> HybridWeights:
-        """Choose the hybrid's blend weights on the stored interactions (each user's latest
-        item held out) and store them with the index. ``ingest`` calls this when the
-        interactions or the catalog changed."""
-        from tqdm.auto import tqdm
-
-        view = self.store.exact_view()
-        histories = self.storage.histories()
-        if view is None or not len(view.ids):
-            chosen = HybridWeights(dict(DEFAULT_WEIGHTS), "default", 0)
-        else:
-            chosen = tune(
-                histories,
-                view.ids,
-                view.matrix,
-                seed=self.settings.seed,
-                progress=lambda it, n: tqdm(
-                    it, total=n, desc="Choosing weights", unit="grid", disable=not show_progress
-                ),
-            )
-        self.storage.set_meta("hybrid", chosen.to_json())
-        return chosen
+        """Choose the hybrid's blend weights on the stored interactions and store them
+        with the index (``Index.tune``). ``ingest`` calls this when anything changed."""
+        return self.index.tune(show_progress=show_progress)
 
     def hybrid_weights(self) -> HybridWeights:
         """The blend weights ``recommend`` uses (stored by ``tune``; defaults before)."""
-        stored = HybridWeights.from_json(raw) if (raw := self.storage.get_meta("hybrid")) else None
-        if stored is None or stored.source == "default":  # this version's defaults, not an older one's
-            return HybridWeights(dict(DEFAULT_WEIGHTS), "default", stored.users if stored else 0)
-        return stored
+        return self.index.hybrid_weights()
 
-    # -- state the surfaces change --
     def add_feedback(self, user_id: str, item_id: str, liked: bool) -> None:
-        """Thumbs up adds the item to the user's history; thumbs down hides it for good."""
-        if item_id not in self.storage.items():
-            raise UnknownItemError(f"item {item_id!r} is not in the catalog")
-        self.storage.add_feedback(user_id, item_id, 1 if liked else -1)
-        if liked:
-            self.storage.upsert_interactions([Interaction(user_id, item_id, 5.0, None, int(time.time()))])
-        else:
-            self.storage.remove_interaction(user_id, item_id)
-        self._interactions_changed()
+        """Thumbs up adds the item to the user's history; thumbs down hides it for good.
+        The next call here (or in another process) refits the collaborative model."""
+        self.index.add_feedback(user_id, item_id, liked)
 
     def remove_from_history(self, user_id: str, item_id: str) -> None:
         """Forget one item from a user's history (it may be recommended again)."""
-        self.storage.remove_interaction(user_id, item_id)
-        self.storage.clear_feedback(user_id, item_id)
-        self._interactions_changed()
+        self.index.remove_from_history(user_id, item_id)
 
-    def _interactions_changed(self) -> None:
-        """Feedback changes who liked what: the collaborative model and popularity are refitted
-        on the next call, here and (through the stored token) in other processes."""
-        self.storage.set_meta("interactions", uuid.uuid4().hex)
-
+    # -- reading --
     def history(self, user_id: str) -> list[tuple[Item, Interaction]]:
         catalog = self.storage.items()
         return [(catalog[h.item_id], h) for h in self.storage.history(user_id) if h.item_id in catalog]
@@ -663,23 +591,6 @@ class Recommender:
         norm = float(np.linalg.norm(vec))
         return vec / norm if norm else None
 
-    def _too_close(self, avoid: np.ndarray, vectors: Mapping[str, np.ndarray]) -> set[str]:
-        """Candidates that stand out as close to a negated phrase: cosine at least ``AVOID_Z``
-        standard deviations above the catalog's mean (the candidates' where the catalog is not
-        held in memory). Raw cosines of a short phrase to item texts are small and vary by
-        phrase, so the cut is relative."""
-        view = self.store.exact_view()
-        ref = view.matrix @ avoid if view is not None else None
-        ids = list(vectors)
-        if not ids:
-            return set()
-        sims = np.stack([vectors[i] for i in ids]) @ avoid
-        ref = sims if ref is None else ref
-        mean, std = float(ref.mean()), float(ref.std()) or 1.0
-        out = {i for i, s in zip(ids, sims, strict=True) if (s - mean) / std >= AVOID_Z}
-        logger.debug("dropped %d candidate(s) close to the negated phrase(s): %s", len(out), sorted(out))
-        return out
-
     def _canonical_category(self, category: str, catalog: Mapping[str, Item]) -> str:
         known = {item.category for item in catalog.values() if item.category}
         if category in known:
@@ -751,7 +662,7 @@ class Recommender:
         view, model = hybrid
         ask_scores = None if ask is None else view.matrix @ ask
         if ask_scores is not None and (anchors or tags):
-            ask_scores = _with_facts(view, model, ask_scores, anchors, tags, catalog or {})
+            ask_scores = with_facts(view, model, ask_scores, anchors, tags, catalog or {})
         scores = score_user(
             model,
             self.hybrid_weights().weights,
@@ -779,127 +690,11 @@ class Recommender:
         if self._popularity is None:
             self._popularity = self.storage.popularity()
         pop = self._popularity
-        ids = [i for i in catalog if i not in exclude and _matches(catalog[i], filters)]
+        ids = [i for i in catalog if i not in exclude and matches(catalog[i], filters)]
         ids.sort(key=lambda i: (-pop.get(i, 0), i))
         ids = ids[: self.settings.candidates]
         top = max((pop.get(i, 0) for i in ids), default=0) or 1
         return ids, np.array([pop.get(i, 0) / top for i in ids])
-
-
-# A negated free phrase ("nothing too violent") pulls the ask away with this weight and drops
-# candidates whose closeness to it stands this many standard deviations above the catalog's.
-AVOID_PUSH = 0.5
-AVOID_Z = 2.5
-
-# "like X": X's own vector (in the ask), plus what people who have X also have, and X's facts
-# (category and tags) shared, so "like Knives Out but a book" finds the mysteries among books.
-# Measured on the bundled asks and 300 MovieLens asks (benchmarks/asks.py): tags + neighbours at
-# half weight 96.2% / 97.3% of asks met; neighbours at full weight 94.9% / 96.7%; neither 92.3% / 85.7%.
-# Tags the ask names ("something cosy") count the same way: a preference, not a filter.
-_NEIGHBOUR_WEIGHT = 0.5
-
-
-def _with_facts(
-    view: Snapshot,
-    model: CollabModel,
-    ask_scores: np.ndarray,
-    anchors: Sequence[str],
-    tags: Sequence[str],
-    catalog: Mapping[str, Item],
-) -> np.ndarray:
-    """The ask's per-item score when it names titles or tags: the z-scored cosine to the ask,
-    the anchors' item-kNN neighbours, and the count of facts shared with the ask (each named
-    tag, and each anchor's category and tags)."""
-    parts = [zscore(ask_scores)]
-    near = model.neighbours(anchors) if anchors else np.zeros(0)
-    if near.any():
-        parts.append(_NEIGHBOUR_WEIGHT * zscore(near))
-    facts = [("tags", t) for t in tags]
-    for anchor in anchors:
-        item = catalog.get(anchor)
-        facts += [] if item is None else [("category", item.category), *(("tags", t) for t in item.tags)]
-    shared = np.zeros(len(view.ids), dtype=np.float32)
-    for name, value in facts:
-        rows = view.rows_where({name: value}) if value else None
-        if rows is not None:
-            shared[rows] += 1.0
-    if shared.any():
-        parts.append(zscore(shared))
-    return np.sum(parts, axis=0)
-
-
-def _check_filter_fields(filters: Mapping[str, Any], catalog: Mapping[str, Item]) -> None:
-    """An unknown filter field matches nothing: say so, naming the fields there are."""
-    unknown = [name for name in filters if name not in ("category", "tags")]
-    if not unknown:
-        return
-    known = {"category", "tags"} | {key for item in catalog.values() for key in item.metadata}
-    bad = [name for name in unknown if name not in known]
-    if bad:
-        raise FilterError(f"unknown filter field(s) {bad}; the catalog's fields are {sorted(known)}")
-
-
-def _store_failures() -> tuple[type[BaseException], ...]:
-    """What SQLite and Chroma raise when the index cannot be read (a deleted or locked
-    file, a Chroma server that is down): turned into ``StoreError`` by ``recommend``."""
-    import sqlite3
-
-    import chromadb.errors
-    import httpx
-
-    return (sqlite3.Error, OSError, chromadb.errors.ChromaError, httpx.HTTPError)
-
-
-def _type_tag(understood: Interpretation, category: str | None) -> str | None:
-    """A tag the ask names that is a kind of the category ("board game" in Games), as written
-    in the catalog; other named tags ("cosy") stay a preference."""
-    if not category:
-        return None
-    head = category.casefold().rstrip("s")
-    return next((t for t in understood.tags if t.casefold().split()[-1].rstrip("s") == head), None)
-
-
-def _hard(understood: Interpretation) -> bool:
-    """Whether an ask holds constraints that can leave nothing to recommend."""
-    return bool(
-        understood.category
-        or understood.exclude_categories
-        or understood.exclude_tags
-        or understood.exclude_items
-        or understood.tags
-    )
-
-
-# "like X", "similar to X", "another X", "more like the second one": the named item is the
-# reference, not the answer
-_SIMILAR = re.compile(r"\b(like|similar|such as|another|more)\b", re.IGNORECASE)
-
-
-def _excluded_by(understood: Interpretation, catalog: Mapping[str, Item], *, asks_for_similar: bool) -> set[str]:
-    """Items an ask rules out: negated titles and categories, items with a negated tag,
-    and, when it asks for something *like* them, the titles it names ("like X": X itself
-    is not the answer; "a mountain tent" may well mean the Mountain Tent)."""
-    out = set(understood.exclude_items) | (set(understood.anchors) if asks_for_similar else set())
-    cats = set(understood.exclude_categories)
-    # "no thriller" where Thriller is a category (MovieLens: the first genre) also means no item
-    # tagged thriller: a category name counts as a tag here
-    tags = {t.casefold() for t in (*understood.exclude_tags, *cats)}
-    if tags:
-        out |= {i for i, it in catalog.items() if it.category in cats or tags & {t.casefold() for t in it.tags}}
-    return out
-
-
-def _matches(item: Item, filters: Mapping[str, Any]) -> bool:
-    for name, value in filters.items():
-        if name == "category":
-            if item.category != value:
-                return False
-        elif name == "tags":
-            if value not in item.tags:
-                return False
-        elif item.metadata.get(name) != value:
-            return False
-    return True
 
 
 def open_storage(settings: Settings) -> Storage:
