@@ -21,7 +21,9 @@ from recbot.generation.fluency import FluencyModel
 from recbot.generation.guard import TitleIndex, check_blurb
 from recbot.generation.prompts import clean, fact_continuation, first_sentences, review_words
 from recbot.generation.support import support_for
-from recbot.types import Interaction, Item, Reason, Recommendation
+from recbot.retrieval.profile import rating_weights, recency_weights
+from recbot.serving import explain
+from recbot.types import Interaction, Item, Recommendation
 
 __all__ = ["best_constant", "reference_text", "run_generation"]
 
@@ -43,10 +45,6 @@ def reference_text(review: str) -> str:
 def _continuation(blurb: str, opening: str) -> str:
     text = blurb[len(opening) :] if blurb.startswith(opening) else blurb
     return text.lstrip(" :,.;-").strip()
-
-
-def _liked(h: Interaction) -> bool:
-    return h.liked
 
 
 def _scores(hyps: Sequence[str], refs: Sequence[str], features: frozenset[str]) -> dict[str, float]:
@@ -97,13 +95,14 @@ def run_generation(
     row = {item: j for j, item in enumerate(order)}
 
     jobs: list[tuple[list[tuple[Item, Interaction]], Recommendation]] = []
+    half_life = getattr(getattr(writer, "settings", None), "recency_half_life_days", 365.0)
     for user in users:
         hist = split.train[user]
         target = items[split.held_out[user].item_id]
-        liked = [h for h in hist if _liked(h)] or hist
-        sims = vectors[[row[h.item_id] for h in liked]] @ vectors[row[target.id]]
-        best = liked[int(np.argmax(sims))]
-        because = (Reason(best.item_id, items[best.item_id].title, float(np.max(sims))),)
+        # the reason serving would give: recbot.serving.explain over the rating- and recency-weighted history
+        weights = rating_weights([h.rating for h in hist]) * recency_weights([h.timestamp for h in hist], half_life)
+        hist_vectors = vectors[[row[h.item_id] for h in hist]]
+        because = explain(vectors[row[target.id]], hist, hist_vectors, weights, items, 1)
         jobs.append(([(items[h.item_id], h) for h in hist], Recommendation(target, 0.0, 1, because)))
     logger.info("writing %d blurbs", len(jobs))
     shard = write_sharded(writer, jobs, items)
