@@ -635,7 +635,7 @@ class LazyWriter:
     ) -> list[Recommendation]:
         writer = self._load()
         if writer is None:
-            return template_write(history, recs, catalog, self.settings, f"templated: {self._failed}")
+            return template_write(history, recs, catalog, self.settings, f"templated: no generator ({self._failed})")
         try:
             return writer.write(history, recs, catalog)
         except Exception as exc:  # one failed generate costs that request its generated blurbs, nothing more
@@ -650,7 +650,8 @@ class LazyWriter:
         fails mid-stream."""
         writer = self._load()
         if writer is None:
-            templated_recs = template_write(history, recs, catalog, self.settings, f"templated: {self._failed}")
+            note = f"templated: no generator ({self._failed})"
+            templated_recs = template_write(history, recs, catalog, self.settings, note)
             for i, filled in enumerate(templated_recs):
                 yield BlurbUpdate(i, filled.blurb or "", filled)
             return

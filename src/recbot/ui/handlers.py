@@ -45,8 +45,18 @@ def format_recommendation(rec: Recommendation, blurb: str | None, *, show_score:
     if blurb:
         lines.append(escape_text(blurb))
         if rec.blurb_source == "template":
-            lines.append("*template blurb (built from the item's facts; no generated text passed the checks)*")
+            lines.append(f"*template blurb, built from the item's facts: {_why_templated(rec.blurb_note)}*")
     return "\n\n".join(lines)
+
+
+def _why_templated(note: str | None) -> str:
+    """The card's short reason for a template blurb, from ``Recommendation.blurb_note``."""
+    note = note or ""
+    if note.startswith("templated: no generator"):
+        return "no blurb generator could be loaded here (recbot train-generator)"
+    if note.startswith("templated: generation failed"):
+        return "the blurb generator failed (see the server log)"
+    return "no generated text passed the checks"
 
 
 @dataclass
