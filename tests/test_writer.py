@@ -26,7 +26,7 @@ def test_every_final_blurb_passes_the_guard_in_one_batched_call(toy_recommender,
     original = writer.model.generate
 
     def spy(**kwargs):
-        calls.append(kwargs["input_ids"].shape[0] * kwargs["num_return_sequences"])
+        calls.append(kwargs["input_ids"].shape[0] * kwargs["num_return_sequences"])  # sampled: one row a candidate
         return original(**kwargs)
 
     monkeypatch.setattr(writer.model, "generate", spy)
@@ -56,6 +56,30 @@ def test_fp32_left_padded_batch_matches_one_at_a_time_greedy(toy_recommender, ti
     batched = [c[0] for c in greedy.generate(prompts)]
     single = [greedy.generate([p])[0][0] for p in prompts]
     assert batched == single
+
+
+def test_fp32_sampled_blurbs_do_not_depend_on_what_they_are_batched_with(toy_recommender, writer) -> None:
+    """Seeded sampling draws per row (recbot.generation.writer._RowSampler): a prompt's
+    candidates are the same alone, in a batch, and in another order."""
+    recs, history, catalog = _recs_and_context(toy_recommender)
+    jobs = [writer.job(history, r, catalog) for r in recs]
+    prompts = [j.prompt.text for j in jobs]
+    assert len({len(writer.tokenizer(p).input_ids) for p in prompts}) > 1  # padding really happens
+
+    def run(idx: list[int]) -> list[list[str]]:
+        picked = [jobs[i] for i in idx]
+        return writer.generate(
+            [j.prompt.text for j in picked],
+            num_return_sequences=2,
+            sources=[j.source for j in picked],
+            supports=[j.support for j in picked],
+            leads=[j.prompt.opening for j in picked],
+        )
+
+    batched = run(list(range(len(jobs))))
+    assert [run([i])[0] for i in range(len(jobs))] == batched
+    assert run(list(reversed(range(len(jobs))))) == list(reversed(batched))
+    assert any(len(set(c)) > 1 for c in batched)  # the two candidates of a prompt differ: it does sample
 
 
 def test_stream_yields_opening_then_the_same_text_as_generate(toy_recommender, tiny_gpt2) -> None:

@@ -6,6 +6,7 @@ import itertools
 import json
 import logging
 import threading
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -191,30 +192,36 @@ class GPT2Writer:
         if not prompts:
             return []
         max_prompt = int(self.model.config.n_positions) - self.max_new_tokens
-        batch = self.tokenizer(list(prompts), return_tensors="pt", padding=True, truncation=True, max_length=max_prompt)
         sample = self.settings.temperature > 0
-        beams = 1 if sample else max(num_beams or 1, num_return_sequences)
+        n = num_return_sequences
+        # Sampling: each candidate is its own row, drawn by its own generator seeded from
+        # (seed, prompt, candidate), so a prompt's blurbs do not depend on what it is batched with.
+        texts = [p for p in prompts for _ in range(n)] if sample else list(prompts)
+        batch = self.tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=max_prompt)
+        beams = 1 if sample else max(num_beams or 1, n)
         kwargs: dict[str, Any] = {
             "max_new_tokens": self.max_new_tokens,
-            "do_sample": sample,
-            "num_return_sequences": num_return_sequences,
+            "do_sample": False,  # sampling happens in _RowSampler; generate takes its one allowed token
+            "num_return_sequences": 1 if sample else n,
             "pad_token_id": self.tokenizer.pad_token_id,
             "eos_token_id": self.tokenizer.eos_token_id,
             "use_cache": True,
         }
-        if sample:
-            kwargs.update(temperature=self.settings.temperature, top_p=self.settings.top_p)
-        else:
+        if not sample:
             kwargs.update(num_beams=beams, **({"early_stopping": True} if beams > 1 else {}))
-        rows = num_return_sequences if sample else beams
-        kwargs["logits_processor"] = self._processors(
-            batch["input_ids"].shape[1], sources, rows, supports, leads, options
-        )
+        rows = n if sample else beams
+        processors = self._processors(batch["input_ids"].shape[1], sources, rows, supports, leads, options)
+        if sample:
+            base = self.settings.seed if seed is None else seed
+            seeds = [row_seed(base, p, j) for p in prompts for j in range(n)]
+            processors.append(_RowSampler(seeds, self.settings.temperature, self.settings.top_p))
+        kwargs["logits_processor"] = processors
         with self._lock, torch.inference_mode():
-            torch.manual_seed(self.settings.seed if seed is None else seed)
             out = self.model.generate(**batch, **kwargs)
         new = out[:, batch["input_ids"].shape[1] :]
-        texts = self.tokenizer.batch_decode(new, skip_special_tokens=False)
+        eos = self.tokenizer.eos_token or ""
+        # what a row holds after its end of text is the batch waiting for others: not its text
+        texts = [t.split(eos, 1)[0] + eos if eos and eos in t else t for t in self.tokenizer.batch_decode(new)]
         return [texts[i * num_return_sequences : (i + 1) * num_return_sequences] for i in range(len(prompts))]
 
     def _processors(
@@ -497,6 +504,46 @@ def _quotes_review(quoted: set[str], review: str) -> bool:
     """Whether one of the ``quoted`` spans (normalised) comes from ``review``."""
     text = " ".join(words(review))
     return any(q and q in text for q in quoted)
+
+
+def row_seed(seed: int, prompt: str, candidate: int) -> int:
+    """The sampling seed of one candidate: a function of the seed, the prompt and the
+    candidate's number only (crc32, stable across processes and machines)."""
+    return (seed * 1_000_003 + zlib.crc32(prompt.encode("utf-8")) * 31 + candidate) % (2**63 - 1)
+
+
+class _RowSampler:
+    """Temperature and nucleus (top-p) sampling, one seeded generator per row, as the last
+    logits processor: every token but the drawn one goes to -inf, so greedy decoding takes
+    it. Unlike ``do_sample=True`` (one global random stream for the whole batch), a row's
+    draws depend on its own seed and logits only, so batching many requests together
+    gives each the text it would get alone (in float32, where the logits match)."""
+
+    def __init__(self, seeds: Sequence[int], temperature: float, top_p: float) -> None:
+        import torch
+
+        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        self.temperature = temperature
+        self.top_p = top_p
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        out = torch.full_like(scores, float("-inf"))
+        probs = torch.softmax(scores.float() / self.temperature, dim=-1)
+        for r, generator in enumerate(self.generators[: scores.shape[0]]):
+            p = probs[r]
+            if not torch.isfinite(p).all() or float(p.sum()) <= 0:  # nothing allowed: leave it to greedy
+                out[r] = scores[r]
+                continue
+            if self.top_p < 1.0:
+                sorted_p, order = torch.sort(p, descending=True)
+                drop = (torch.cumsum(sorted_p, 0) - sorted_p) >= self.top_p  # always keeps the most likely
+                p = p.clone()
+                p[order[drop]] = 0.0
+            token = int(torch.multinomial(p, 1, generator=generator))
+            out[r, token] = 0.0
+        return out
 
 
 class _NewTextRepetition:
