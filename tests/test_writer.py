@@ -82,21 +82,21 @@ def test_fp32_sampled_blurbs_do_not_depend_on_what_they_are_batched_with(toy_rec
     assert any(len(set(c)) > 1 for c in batched)  # the two candidates of a prompt differ: it does sample
 
 
-def test_stream_yields_opening_then_the_same_text_as_generate(toy_recommender, tiny_gpt2) -> None:
-    greedy = GPT2Writer.load(str(tiny_gpt2), Settings.create(max_new_tokens=10, temperature=0.0))
-    recs, history, catalog = _recs_and_context(toy_recommender, k=1)
-    job = greedy.job(history, recs[0], catalog)
-    pieces = list(greedy.stream(job))
-    assert pieces[0] == job.prompt.opening
-    raw = greedy.generate([job.prompt.text], sources=[job.source], supports=[job.support], leads=[job.prompt.opening])
-    assert raw[0][0].startswith("".join(pieces[1:]))
+def test_stream_jobs_streams_first_candidates_then_the_same_blurbs_as_write(toy_recommender, writer) -> None:
+    recs, history, catalog = _recs_and_context(toy_recommender, k=3)
+    jobs = writer.jobs(history, recs, catalog)
+    updates = list(writer.stream_jobs(jobs, catalog))
+    assert [u.text for u in updates[:3]] == [j.prompt.opening for j in jobs]  # every card starts at once
+    assert any(u.done is None and len(u.text) > len(jobs[u.index].prompt.opening) for u in updates)  # text grows
+    finished = [u.done for u in updates if u.done is not None]
+    assert finished == writer.write(history, recs, catalog)  # the same choice, guard and template as write
 
 
 def test_a_failing_generation_is_raised_not_waited_for(toy_recommender, writer, monkeypatch) -> None:
     import threading
 
     recs, history, catalog = _recs_and_context(toy_recommender, k=1)
-    job = writer.job(history, recs[0], catalog)
+    jobs = writer.jobs(history, recs, catalog)
 
     def boom(**kwargs):
         raise RuntimeError("out of memory, say")
@@ -106,7 +106,7 @@ def test_a_failing_generation_is_raised_not_waited_for(toy_recommender, writer, 
 
     def read() -> None:
         try:
-            list(writer.stream(job))
+            list(writer.stream_jobs(jobs, catalog))
         except BaseException as exc:
             outcome.append(exc)
 
@@ -140,7 +140,7 @@ def test_stream_yields_the_list_then_each_blurb_then_its_finished_recommendation
     finished = [u.done for u in updates if u.done is not None]
     assert [d.item.id for d in finished] == [r.item.id for r in recs]  # one finished recommendation each, in order
     assert all(d.blurb and d.blurb_source in ("generated", "template") for d in finished)
-    assert [u.index for u in updates] == sorted(u.index for u in updates)  # item by item
+    assert [u.index for u in updates[:2]] == [0, 1]  # every card gets its opening at once, then text as written
     # the same list as recommend; no blurbs asked for: the list alone
     assert [r.item.id for r in toy_recommender.recommend("spacefan", k=2, blurbs=False)] == [r.item.id for r in recs]
     assert len(list(toy_recommender.stream("spacefan", k=2, blurbs=False))) == 1
@@ -171,3 +171,103 @@ def test_prompt_for_uses_the_top_reason(toy_recommender, writer) -> None:
     prompt = writer.prompt_for(history, recs[0], catalog)
     because = catalog[recs[0].because[0].item_id]
     assert prompt == build_prompt(recs[0].item, history, because)
+
+
+def test_concurrent_requests_share_one_generate_and_get_their_own_blurbs(toy_recommender, tiny_gpt2) -> None:
+    """Two users' lists written at the same time through the batcher: one batched generate,
+    and each list gets exactly the blurbs it gets alone (float32)."""
+    import threading
+
+    from recbot.generation.batching import Batcher
+
+    settings = Settings.create(max_new_tokens=12, num_candidates=2)
+    alone = GPT2Writer.load(str(tiny_gpt2), settings)
+    shared = GPT2Writer.load(str(tiny_gpt2), settings)
+    shared.batcher = Batcher(shared, window_s=0.5)  # long enough for both to arrive
+    lists = {u: _recs_and_context(toy_recommender, user=u, k=3) for u in ("spacefan", "baker")}
+    expected = {u: alone.write(h, r, c) for u, (r, h, c) in lists.items()}
+    got: dict[str, object] = {}
+
+    def write(user: str) -> None:
+        recs, history, catalog = lists[user]
+        got[user] = shared.write(history, recs, catalog)
+
+    threads = [threading.Thread(target=write, args=(u,)) for u in lists]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert got == expected
+    assert shared.batcher.batched_requests > shared.batcher.batches  # some generate call served both
+
+
+def test_a_failing_request_in_a_batch_leaves_the_others_correct(toy_recommender, tiny_gpt2, monkeypatch) -> None:
+    import threading
+
+    from recbot.generation.batching import Batcher, GenerateRequest
+
+    writer = GPT2Writer.load(str(tiny_gpt2), Settings.create(max_new_tokens=8, num_candidates=1))
+    batcher = Batcher(writer, window_s=0.5)
+    real = writer.generate_now
+
+    def flaky(prompts, **kwargs):
+        if any("POISON" in p for p in prompts):
+            raise RuntimeError("this prompt breaks the model")
+        return real(prompts, **kwargs)
+
+    monkeypatch.setattr(writer, "generate_now", flaky)
+    good_prompt = "<|item|> Star Voyage <|blurb|> Because you liked Robot Stars, Star Voyage"
+    results: dict[str, object] = {}
+
+    def ask(name: str, prompt: str) -> None:
+        request = GenerateRequest([prompt], 1, None, None, None, None, None, None)
+        try:
+            results[name] = batcher.submit(request)
+        except Exception as exc:
+            results[name] = exc
+
+    threads = [threading.Thread(target=ask, args=a) for a in (("good", good_prompt), ("bad", "POISON " + good_prompt))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert isinstance(results["bad"], RuntimeError)
+    assert results["good"] == real([good_prompt])
+
+
+def test_a_full_queue_answers_busy_with_marked_templates_at_once(toy_recommender, tiny_gpt2) -> None:
+    import threading
+    import time
+
+    from recbot.errors import BusyError
+    from recbot.generation.batching import Batcher, GenerateRequest
+
+    writer = GPT2Writer.load(str(tiny_gpt2), Settings.create(max_new_tokens=8))
+    batcher = Batcher(writer, max_queue_rows=4, window_s=3.0)  # the first request waits 3 s for company
+    first = threading.Thread(
+        target=batcher.submit, args=(GenerateRequest(["x"] * 4, 1, None, None, None, None, None, None),)
+    )
+    first.start()
+    while not batcher._waiting:
+        time.sleep(0.01)
+    started = time.perf_counter()
+    with pytest.raises(BusyError, match="busy"):
+        batcher.submit(GenerateRequest(["y"], 1, None, None, None, None, None, None))
+    assert time.perf_counter() - started < 1.0  # at once, not after the queue drains
+    first.join(timeout=60)
+
+    lazy = LazyWriter(toy_recommender.settings.replace(generator=str(tiny_gpt2), max_new_tokens=8))
+    lazy.get().batcher = batcher  # the served writer, with its queue full again
+    hold = threading.Thread(
+        target=batcher.submit, args=(GenerateRequest(["x"] * 4, 1, None, None, None, None, None, None),)
+    )
+    hold.start()
+    while not batcher._waiting:
+        time.sleep(0.01)
+    recs, history, catalog = _recs_and_context(toy_recommender, k=2)
+    out = lazy.write(history, recs, catalog)
+    assert [r.item.id for r in out] == [r.item.id for r in recs]  # the list is never held back
+    assert all(r.blurb_source == "template" and r.blurb_note.startswith("templated: busy") for r in out)
+    streamed = [u.done for u in lazy.stream(history, recs, catalog) if u.done]
+    assert all(d.blurb_note.startswith("templated: busy") for d in streamed) and len(streamed) == 2
+    hold.join(timeout=60)

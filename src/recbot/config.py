@@ -59,6 +59,10 @@ class Settings:
     generator_dtype: str = "float32"  # "bfloat16": faster batches on AMX CPUs, but batched text may differ
     max_blurb_chars: int = 320  # longer blurbs are cut at a sentence end
     generation_batch: int = 32  # prompts per generate call when writing for many users at once
+    # serving: concurrent blurb requests share generate calls (recbot.generation.batching); -1: off
+    generation_window_ms: float = 30.0  # how long a request waits for company
+    generation_batch_rows: int = 320  # prompts x candidates in one generate call at most
+    generation_queue_rows: int = 1200  # rows allowed to wait; more gets template blurbs marked "busy"
 
     @classmethod
     def from_toml(cls, path: str | Path, **overrides: Any) -> Settings:

@@ -12,6 +12,7 @@ exits 1, and the LangChain tool turns them into a ``ToolException``.
     │                         train-generator without interactions)
     ├── StoreError            the index (SQLite, Chroma) cannot be opened or read, mid-request too
     ├── EncoderError          the encoder failed on a request
+    ├── BusyError             the blurb generator's queue is full (surfaces answer with marked templates)
     ├── FilterError           a filter that cannot work: an unknown category or filter field
     ├── UnknownItemError      an item id or title that the catalog does not hold
     └── MissingExtraError     a command needs an optional extra: recbot[ui], recbot[agent], recbot[eval]
@@ -25,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 __all__ = [
+    "BusyError",
     "CatalogError",
     "ConfigError",
     "EncoderError",
@@ -106,3 +108,8 @@ class EncoderError(RecbotError):
 
 class MissingExtraError(RecbotError):
     """A command needs an optional part that is not installed: ``str()`` names the pip extra."""
+
+
+class BusyError(RecbotError):
+    """The blurb generator's queue is full. ``LazyWriter`` answers with template blurbs
+    marked ``templated: busy``; the recommendations themselves are never held back."""

@@ -64,7 +64,11 @@ def format_for_llm(recs: Recommendations) -> str:
         why = "; ".join(f"you liked {b.title}" for b in r.because) or "matches your request"
         line = f"{r.rank}. {r.item.title} [{r.item.category}] - {why}"
         if r.blurb:
-            line += f" - {r.blurb}" + (" (template blurb)" if r.blurb_source == "template" else "")
+            if r.blurb_source == "template":
+                busy = (r.blurb_note or "").startswith("templated: busy")
+                line += f" - {r.blurb} (template blurb{': the generator is busy' if busy else ''})"
+            else:
+                line += f" - {r.blurb}"
         lines.append(line)
     return "\n".join(lines)
 

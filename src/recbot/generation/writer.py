@@ -5,15 +5,16 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import queue
 import threading
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from recbot.config import Settings
-from recbot.errors import ModelNotFoundError
+from recbot.errors import BusyError, ModelNotFoundError
 from recbot.generation.fluency import FluencyModel
 from recbot.generation.guard import OPENING_WORD, TitleIndex, check_blurb, template_blurb
 from recbot.generation.prompts import (
@@ -128,6 +129,7 @@ class GPT2Writer:
             self.model.to(torch.bfloat16)
         self.tokens = TokenTable(tokenizer, int(model.config.vocab_size))
         self._lock = threading.Lock()  # one generate at a time: the model is not re-entrant
+        self.batcher: Any = None  # a recbot.generation.batching.Batcher shares generate calls across requests
         self._index: tuple[int, TitleIndex] | None = None
 
     @classmethod
@@ -176,8 +178,62 @@ class GPT2Writer:
         leads: Sequence[str] | None = None,
         num_beams: int | None = None,
         options: Sequence[tuple[list[str], list[str]]] | None = None,
+        on_text: Callable[[int, str], None] | None = None,
+    ) -> list[list[str]]:
+        """``generate_now``, through the ``batcher`` when there is one: concurrent callers
+        share one batched generate call (``recbot.generation.batching``), and each gets
+        the text it would get alone (float32).
+
+        Raises:
+            BusyError: the batcher's queue is full.
+        """
+        if not prompts:
+            return []
+        if self.batcher is None:
+            return self.generate_now(
+                prompts,
+                num_return_sequences=num_return_sequences,
+                seed=seed,
+                sources=sources,
+                supports=supports,
+                leads=leads,
+                num_beams=num_beams,
+                options=options,
+                on_text=on_text,
+            )
+        from recbot.generation.batching import GenerateRequest
+
+        def listed(values: Sequence[Any] | None) -> list[Any] | None:
+            return None if values is None else list(values)
+
+        request = GenerateRequest(
+            list(prompts),
+            num_return_sequences,
+            seed,
+            num_beams,
+            listed(sources),
+            listed(supports),
+            listed(leads),
+            listed(options),
+            on_text,
+        )
+        return self.batcher.submit(request)
+
+    def generate_now(
+        self,
+        prompts: Sequence[str],
+        *,
+        num_return_sequences: int = 1,
+        seed: int | None = None,
+        sources: Sequence[str] | None = None,
+        supports: Sequence[Support] | None = None,
+        leads: Sequence[str] | None = None,
+        num_beams: int | None = None,
+        options: Sequence[tuple[list[str], list[str]]] | None = None,
+        on_text: Callable[[int, str], None] | None = None,
     ) -> list[list[str]]:
         """Continuations (new text only) for each prompt, from one batched generate call.
+        ``on_text(prompt, text_so_far)`` is called as each prompt's first candidate grows.
 
         With ``temperature == 0`` (the default) the candidates are the
         ``num_return_sequences`` best beams of a beam search (``num_beams``, at least
@@ -216,6 +272,8 @@ class GPT2Writer:
             seeds = [row_seed(base, p, j) for p in prompts for j in range(n)]
             processors.append(_RowSampler(seeds, self.settings.temperature, self.settings.top_p))
         kwargs["logits_processor"] = processors
+        if on_text is not None and beams == 1:
+            kwargs["streamer"] = _RowStreamer(self.tokenizer, rows, on_text)
         with self._lock, torch.inference_mode():
             out = self.model.generate(**batch, **kwargs)
         new = out[:, batch["input_ids"].shape[1] :]
@@ -306,77 +364,37 @@ class GPT2Writer:
 
         return process
 
-    def stream(self, job: BlurbJob) -> Iterator[str]:
-        """Yield the blurb as it is produced: the opening first, then raw text pieces.
+    def stream_jobs(self, jobs: Sequence[BlurbJob], catalog: Mapping[str, Item]) -> Iterator[BlurbUpdate]:
+        """``write`` for one list, streamed: ``BlurbUpdate(i, opening + text so far)`` as
+        each item's first candidate is decoded (all items at once, in one batched call
+        with whatever else is waiting), then each item's finished recommendation, after
+        the same choice, guard, regeneration and template as ``write``. The final text
+        may differ from the streamed one: another candidate can win, or the template."""
+        updates: queue.Queue[tuple[int, str] | BaseException | list[Recommendation]] = queue.Queue()
+        openings = [job.prompt.opening for job in jobs]
 
-        Streaming decodes greedily (a streamer cannot follow beams), inside the same
-        support; ``stream_write`` finishes and guards the text as the batch path does.
-        """
-        import torch
-        from transformers import TextIteratorStreamer
-
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=False)
-        batch = self.tokenizer([job.prompt.text], return_tensors="pt")
-
-        failed: list[BaseException] = []
+        def on_text(i: int, text: str) -> None:
+            updates.put((i, text))
 
         def run() -> None:
             try:
-                with self._lock, torch.inference_mode():
-                    self.model.generate(
-                        **batch,
-                        streamer=streamer,
-                        max_new_tokens=self.max_new_tokens,
-                        do_sample=False,
-                        logits_processor=self._processors(
-                            batch["input_ids"].shape[1],
-                            [job.source],
-                            1,
-                            [job.support],
-                            [job.prompt.opening],
-                            [job.options] if self.frames else None,
-                        ),
-                        pad_token_id=self.tokenizer.pad_token_id,
-                        eos_token_id=self.tokenizer.eos_token_id,
-                    )
-            except BaseException as exc:  # handed to the reader: a dead thread must not leave it waiting forever
-                failed.append(exc)
-                streamer.end()
+                updates.put(self._write_jobs(jobs, catalog, on_text=on_text))
+            except BaseException as exc:  # handed to the reader: it must not wait forever
+                updates.put(exc)
 
-        thread = threading.Thread(target=run, daemon=True)
-        thread.start()
-        yield job.prompt.opening
-        for piece in streamer:
-            stop = [piece.find(m) for m in (END, PAD, *MARKERS, "\n") if m in piece]
-            if stop:
-                if min(stop) > 0:
-                    yield piece[: min(stop)]
-                break
-            yield piece
-        thread.join()
-        if failed:
-            raise failed[0]
-
-    def stream_write(
-        self,
-        history: Sequence[tuple[Item, Interaction]],
-        rec: Recommendation,
-        catalog: Mapping[str, Item],
-        job: BlurbJob | None = None,
-    ) -> Iterator[tuple[str, Recommendation | None]]:
-        """Stream one blurb: yields ``(text so far, None)`` while it is written, then
-        ``(final text, recommendation)`` once it went through the same finish and guard
-        as ``write`` (and, if the streamed text fails, the batch path's regeneration,
-        then the template). ``job``: prebuilt by ``jobs`` for a whole list."""
-        job = job or self.job(history, rec, catalog)
-        text = ""
-        for piece in self.stream(job):
-            text += piece
-            yield text, None
-        index = self.title_index(catalog)
-        best, note = self._choose(job, [text[len(job.prompt.opening) :]], index)
-        done = self._write_jobs([job], catalog)[0] if best is None else self._finalize(job, best, note, index)
-        yield done.blurb or "", done
+        threading.Thread(target=run, name="recbot-blurbs", daemon=True).start()
+        for i, opening in enumerate(openings):
+            yield BlurbUpdate(i, opening)
+        while True:
+            got = updates.get()
+            if isinstance(got, BaseException):
+                raise got
+            if isinstance(got, list):
+                for i, done in enumerate(got):
+                    yield BlurbUpdate(i, done.blurb or "", done)
+                return
+            i, text = got
+            yield BlurbUpdate(i, _join(openings[i], _streamed(text)) if _streamed(text) else openings[i])
 
     def jobs(
         self, history: Sequence[tuple[Item, Interaction]], recs: Sequence[Recommendation], catalog: Mapping[str, Item]
@@ -406,7 +424,13 @@ class GPT2Writer:
             out.extend(self._write_jobs(built[start : start + step], catalog))
         return out
 
-    def _write_jobs(self, jobs: Sequence[BlurbJob], catalog: Mapping[str, Item]) -> list[Recommendation]:
+    def _write_jobs(
+        self,
+        jobs: Sequence[BlurbJob],
+        catalog: Mapping[str, Item],
+        *,
+        on_text: Callable[[int, str], None] | None = None,
+    ) -> list[Recommendation]:
         index = self.title_index(catalog)
         chosen: list[str | None] = [None] * len(jobs)
         notes: list[str | None] = [None] * len(jobs)
@@ -422,6 +446,7 @@ class GPT2Writer:
                 leads=[jobs[i].prompt.opening for i in todo],
                 num_beams=n * (attempt + 1),
                 options=[jobs[i].options for i in todo] if self.frames else None,
+                on_text=on_text if attempt == 0 else None,  # the first round covers every item, in order
             )
             still = []
             for i, candidates in zip(todo, outs, strict=True):
@@ -504,6 +529,43 @@ def _quotes_review(quoted: set[str], review: str) -> bool:
     """Whether one of the ``quoted`` spans (normalised) comes from ``review``."""
     text = " ".join(words(review))
     return any(q and q in text for q in quoted)
+
+
+def _streamed(text: str) -> str:
+    """Raw streamed text up to the first marker or newline (what finish would cut at)."""
+    stops = [text.find(m) for m in (END, PAD, *MARKERS, "\n") if m in text]
+    return text[: min(stops)] if stops else text
+
+
+class _RowStreamer:
+    """A transformers streamer for a batch: decodes each prompt's first candidate row as it
+    grows and calls ``on_text(prompt, text_so_far)``; rows never see each other's tokens."""
+
+    def __init__(self, tokenizer: Any, rows_per_prompt: int, on_text: Callable[[int, str], None]) -> None:
+        self.tokenizer = tokenizer
+        self.n = rows_per_prompt
+        self.on_text = on_text
+        self.tokens: dict[int, list[int]] = {}
+        self.last: dict[int, str] = {}
+        self.prompt_seen = False
+
+    def put(self, value: Any) -> None:
+        if not self.prompt_seen:  # generate first hands over the prompt ids
+            self.prompt_seen = True
+            return
+        ids = value.reshape(-1).tolist()
+        for row in range(0, len(ids), self.n):
+            toks = self.tokens.setdefault(row, [])
+            if toks and toks[-1] == self.tokenizer.eos_token_id:
+                continue  # this row ended; the batch goes on for others
+            toks.append(int(ids[row]))
+            text = self.tokenizer.decode(toks)
+            if text != self.last.get(row):
+                self.last[row] = text
+                self.on_text(row // self.n, text)
+
+    def end(self) -> None:
+        return None
 
 
 def row_seed(seed: int, prompt: str, candidate: int) -> int:
@@ -653,12 +715,15 @@ def templated(
 
 
 class LazyWriter:
-    """Resolves and loads the generator on the first blurb, so --no-blurbs loads nothing.
+    """Resolves and loads the generator on the first blurb, so --no-blurbs loads nothing;
+    then serves every request through one ``Batcher`` (concurrent requests share batched
+    generate calls; ``generation_window_ms``, ``generation_batch_rows``, ``generation_queue_rows``).
 
-    Without a generator (none trained, none configured, none cached) or with one that
-    fails to load, blurbs come from the template, marked ``blurb_source="template"``,
-    and one warning says how to get generated blurbs: a plugin never fails its host
-    over blurbs.
+    Blurbs never fail a list. They come from the template, marked
+    ``blurb_source="template"`` with the reason in ``blurb_note``, when there is no
+    generator (none trained, configured or cached: one warning says how to get one), when
+    it fails to load or to generate, and when the batcher's queue is full ("busy": the
+    recommendations are not delayed; the next turn tries again).
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -668,13 +733,22 @@ class LazyWriter:
         self._lock = threading.Lock()
 
     def get(self) -> GPT2Writer:
+        from recbot.generation.batching import Batcher
         from recbot.retrieval.embedder import MODEL_LOAD_LOCK
 
         with MODEL_LOAD_LOCK, self._lock:
             if self._writer is None:
                 name = resolve_generator(self.settings)
                 logger.info("loading generator %s", name)
-                self._writer = GPT2Writer.load(name, self.settings)
+                writer = GPT2Writer.load(name, self.settings)
+                if self.settings.generation_window_ms >= 0:
+                    writer.batcher = Batcher(
+                        writer,
+                        window_s=self.settings.generation_window_ms / 1000,
+                        max_rows=self.settings.generation_batch_rows,
+                        max_queue_rows=self.settings.generation_queue_rows,
+                    )
+                self._writer = writer
             return self._writer
 
     def write(
@@ -686,15 +760,14 @@ class LazyWriter:
         try:
             return writer.write(history, recs, catalog)
         except Exception as exc:  # one failed generate costs that request its generated blurbs, nothing more
-            logger.exception("blurb generation failed; template blurbs for this request")
-            return template_write(history, recs, catalog, self.settings, f"templated: generation failed ({exc})")
+            return template_write(history, recs, catalog, self.settings, _failure_note(exc))
 
     def stream(
         self, history: Sequence[tuple[Item, Interaction]], recs: Sequence[Recommendation], catalog: Mapping[str, Item]
     ) -> Iterator[BlurbUpdate]:
-        """Each blurb as it is written, item by item, then its finished recommendation
-        (``BlurbUpdate.done``); template blurbs, marked, without a generator or when one
-        fails mid-stream."""
+        """Each blurb as it is written (all items at once, batched with other requests),
+        then each finished recommendation (``BlurbUpdate.done``); marked templates when
+        there is no generator, when it fails, or when it is busy."""
         writer = self._load()
         if writer is None:
             note = f"templated: no generator ({self._failed})"
@@ -702,15 +775,17 @@ class LazyWriter:
             for i, filled in enumerate(templated_recs):
                 yield BlurbUpdate(i, filled.blurb or "", filled)
             return
-        for i, (rec, job) in enumerate(zip(recs, writer.jobs(history, recs, catalog), strict=True)):
-            try:
-                for text, done in writer.stream_write(history, rec, catalog, job):
-                    yield BlurbUpdate(i, text, done)
-            except Exception as exc:  # this item's blurb is templated; the list goes on
-                logger.exception("streamed blurb generation failed; template blurb for %s", rec.item.id)
-                note = f"templated: generation failed ({exc})"
-                (filled,) = template_write(history, [rec], catalog, self.settings, note)
-                yield BlurbUpdate(i, filled.blurb or "", filled)
+        finished: set[int] = set()
+        try:
+            for update in writer.stream_jobs(writer.jobs(history, recs, catalog), catalog):
+                if update.done is not None:
+                    finished.add(update.index)
+                yield update
+        except Exception as exc:  # the unfinished items are templated; the list goes on
+            rest = [i for i in range(len(recs)) if i not in finished]
+            templates = template_write(history, [recs[i] for i in rest], catalog, self.settings, _failure_note(exc))
+            for i, template in zip(rest, templates, strict=True):
+                yield BlurbUpdate(i, template.blurb or "", template)
 
     def warm_up(self) -> None:
         """Load the generator now if there is one (a missing or broken one is logged once)."""
@@ -728,3 +803,12 @@ class LazyWriter:
             self._failed = f"the generator failed to load ({type(exc).__name__}: {exc}); run: recbot train-generator"
         logger.warning("template blurbs: %s", self._failed)
         return None
+
+
+def _failure_note(exc: BaseException) -> str:
+    """``blurb_note`` of a template written because generation did not happen: busy or failed."""
+    if isinstance(exc, BusyError):
+        logger.info("blurb generator busy: template blurbs for this request")
+        return f"templated: busy ({exc})"
+    logger.error("blurb generation failed; template blurbs for this request", exc_info=exc)
+    return f"templated: generation failed ({type(exc).__name__}: {exc})"

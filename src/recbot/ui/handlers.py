@@ -54,6 +54,8 @@ def _why_templated(note: str | None) -> str:
     note = note or ""
     if note.startswith("templated: no generator"):
         return "no blurb generator could be loaded here (recbot train-generator)"
+    if note.startswith("templated: busy"):
+        return "the blurb generator is busy; ask again for a generated blurb"
     if note.startswith("templated: generation failed"):
         return "the blurb generator failed (see the server log)"
     return "no generated text passed the checks"
