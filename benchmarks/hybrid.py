@@ -3,9 +3,10 @@
 Ingests MovieLens (real interactions; item vectors from a fast hashing encoder, since
 latency does not depend on what the vectors mean) into a temporary data dir, which also
 chooses the hybrid's weights (timed), then times ``recommend`` for the same users with
-the hybrid and with the content-only ranking, interleaved in one run. With ``--synthetic
-N``, adds N items and random interactions around them to see how the per-request cost
-grows with the catalog.
+the hybrid and with the content-only ranking, interleaved in one run, and the fit of the
+EASE component (fitted once per collaborative model, on the first request that ranks with
+it; absent beyond ``EASE_MAX_ITEMS`` items). With ``--synthetic N``, adds N items and
+random interactions around them to see how the per-request cost grows with the catalog.
 
     python benchmarks/hybrid.py --movielens ../shared/data/ml-latest-small
     python benchmarks/hybrid.py --movielens ../shared/data/ml-latest-small --synthetic 90000
@@ -27,6 +28,7 @@ import numpy as np
 
 from recbot import Settings
 from recbot.recommender import Recommender, open_storage, open_store
+from recbot.retrieval.hybrid import CollabModel
 from recbot.types import Interaction, Item
 
 _WORD = re.compile(r"[a-z0-9]+")
@@ -76,6 +78,20 @@ def timed(rec: Recommender, user: str, **kwargs: object) -> float:
     started = time.perf_counter()
     rec.recommend(user, k=10, blurbs=False, **kwargs)  # type: ignore[arg-type]
     return (time.perf_counter() - started) * 1e3
+
+
+def ease_fit(rec: Recommender) -> dict[str, object]:
+    """Seconds to fit EASE on the stored interactions, and which exact form it took."""
+    view = rec.store.exact_view()
+    if view is None:
+        return {"ease": "absent (no exact view)"}
+    model = CollabModel.fit(rec.storage.histories().values(), view.ids)
+    started = time.perf_counter()
+    ease = model.ease
+    seconds = time.perf_counter() - started
+    if ease is None:
+        return {"ease": f"absent ({len(view.ids)} items)"}
+    return {"ease": "items x items" if ease.p is not None else "woodbury", "ease_fit_s": round(seconds, 2)}
 
 
 def main() -> None:
@@ -128,6 +144,7 @@ def main() -> None:
             "tune_s": round(tune_s, 1),
             "weights": weights.weights,
             "weights_source": weights.source,
+            **ease_fit(rec),
             "hybrid_p50_ms": p(hybrid_ms, 50),
             "hybrid_p95_ms": p(hybrid_ms, 95),
             "content_p50_ms": p(content_ms, 50),

@@ -16,6 +16,8 @@ RANKED = ["a", "b", "c", "d"]
         (precision_at_k, {"b", "d"}, 10, 0.2),  # k beyond the list still divides by k
         (recall_at_k, {"b", "d", "z"}, 4, 2 / 3),
         (f1_at_k, {"b", "d"}, 2, 2 * 0.5 * 0.5 / 1.0),
+        (f1_at_k, {"b", "z"}, 4, 1 / 3),  # P = 1/4, R = 1/2
+        (recall_at_k, {"a", "b", "c", "d"}, 2, 0.5),
         (ndcg_at_k, {"c"}, 3, 1 / math.log2(4)),
         (ndcg_at_k, {"a", "c"}, 3, (1 + 1 / math.log2(4)) / (1 + 1 / math.log2(3))),
         (ndcg_at_k, {"a"}, 10, 1.0),
@@ -25,6 +27,15 @@ RANKED = ["a", "b", "c", "d"]
 )
 def test_known_answers(fn, relevant, k, expected) -> None:
     assert fn(RANKED, relevant, k) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(("target", "k"), [("b", 1), ("b", 2), ("d", 3), ("d", 10), ("z", 5)])
+def test_one_held_out_item_precision_is_hits_over_k_and_recall_is_hr(target: str, k: int) -> None:
+    """Leave-last-out: one relevant item, so P@K = HR@K / K, R@K = HR@K, F1 from the two."""
+    hr = hit_rate_at_k(RANKED, {target}, k)
+    assert precision_at_k(RANKED, {target}, k) == pytest.approx(hr / k)
+    assert recall_at_k(RANKED, {target}, k) == hr
+    assert f1_at_k(RANKED, {target}, k) == pytest.approx(2 * hr / (k + 1))
 
 
 @pytest.mark.parametrize("fn", [hit_rate_at_k, precision_at_k, recall_at_k, f1_at_k, ndcg_at_k, mrr_at_k])

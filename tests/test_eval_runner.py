@@ -49,7 +49,16 @@ def test_runner_is_deterministic_and_beats_random(amazon_file: Path, tmp_path: P
     run_retrieval(data, tmp_path / "b", encoder=KeywordEmbedder(), seed=3)
     assert (tmp_path / "a" / "metrics.json").read_text() == (tmp_path / "b" / "metrics.json").read_text()
     methods = a["methods"]
-    assert set(methods) == {"random", "popularity", "item_knn", "item_knn_last20", "bert", "hybrid", "hybrid_mmr"}
+    assert set(methods) == {
+        "random",
+        "popularity",
+        "item_knn",
+        "item_knn_last20",
+        "ease",
+        "bert",
+        "hybrid",
+        "hybrid_mmr",
+    }
     assert {
         "hr@10",
         "ndcg@10",
@@ -62,9 +71,18 @@ def test_runner_is_deterministic_and_beats_random(amazon_file: Path, tmp_path: P
     } <= set(methods["hybrid"])
     # users only ever meet their own group's items: co-occurrence finds the held-out item
     assert methods["item_knn"]["hr@5"] == 1.0 and methods["hybrid"]["hr@5"] == 1.0
+    assert methods["ease"]["hr@5"] == 1.0
+    # one held-out item: precision@K = HR@K / K and recall@K = HR@K, as the report says
+    for name, m in methods.items():
+        assert m["precision@10"] == pytest.approx(m["hr@10"] / 10, abs=1e-6), name
+        assert m["recall@10"] == m["hr@10"], name
+    # the BERT profile is the served one: the users' own training reviews move it
+    assert a["protocol"]["reviews_in_profile"] == sum(len(h) for h in data.test.train.values())
     # MMR re-orders the hybrid's candidates; here the target stays in the top 5
     assert methods["hybrid_mmr"]["hr@5"] == 1.0
-    assert (tmp_path / "a" / "report.md").read_text().startswith("# Retrieval evaluation")
+    report = (tmp_path / "a" / "report.md").read_text()
+    assert report.startswith("# Retrieval evaluation")
+    assert "precision@K = hits/K (at most 1/K) and recall@K = HR@K" in report
     assert (tmp_path / "a" / "metrics_by_k.png").stat().st_size > 1000
 
 

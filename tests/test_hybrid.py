@@ -8,7 +8,9 @@ import pytest
 from scipy import sparse
 
 from recbot.retrieval.hybrid import (
+    COMPONENTS,
     DEFAULT_WEIGHTS,
+    WEIGHT_GRID,
     CollabModel,
     HybridWeights,
     blend,
@@ -102,6 +104,23 @@ def test_tune_defaults_on_few_users_and_chooses_on_many() -> None:
     assert chosen.validation_ndcg is not None and chosen.validation_ndcg > 0.5
     assert tune(_two_taste_histories(64), ITEMS, vectors) == chosen  # same data, same seed: same choice
     assert HybridWeights.from_json(chosen.to_json()) == chosen
+
+
+def test_tune_builds_the_served_profile_with_the_sampled_users_reviews() -> None:
+    asked: list[str] = []
+
+    def reviews(user: str) -> dict[str, np.ndarray]:
+        asked.append(user)
+        return {}
+
+    vectors = np.eye(len(ITEMS), dtype=np.float32)
+    chosen = tune(_two_taste_histories(64), ITEMS, vectors, max_users=50, review_vectors=reviews, half_life_days=30.0)
+    assert chosen.users == 50 and len(asked) == 50 and asked == sorted(asked)  # only the sampled users' are read
+
+
+def test_the_grid_covers_every_component_within_twice_the_old_size() -> None:
+    assert set(WEIGHT_GRID) == set(COMPONENTS) and "ease" in WEIGHT_GRID
+    assert int(np.prod([len(v) for v in WEIGHT_GRID.values()])) <= 2 * 324  # 2 cores: ~30 s on MovieLens
 
 
 def test_an_ask_steers_the_hybrid() -> None:

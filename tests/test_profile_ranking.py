@@ -1,15 +1,18 @@
 import numpy as np
 import pytest
 
+from recbot.retrieval.hybrid import bert_scores
 from recbot.retrieval.profile import (
     blend_query,
     build_profile,
+    interest_profile,
     rating_weight,
     rating_weights,
     recency_weights,
     with_reviews,
 )
 from recbot.retrieval.ranking import mmr, top_reasons, unit_range
+from recbot.types import Interaction
 
 E = np.eye(3, dtype=np.float32)
 
@@ -47,6 +50,58 @@ def test_with_reviews_moves_only_reviewed_items() -> None:
     out = with_reviews(E[:2], [E[2], None], review_weight=1.0)
     np.testing.assert_allclose(out[0], np.array([1, 0, 1]) / np.sqrt(2), rtol=1e-6)
     np.testing.assert_allclose(out[1], E[1])
+
+
+DAY = 86_400
+ITEM_VECTORS = {"liked": E[0], "disliked": E[1], "other": E[2]}
+# liked with a review (written towards "other"), disliked 10 days earlier, one item without a vector
+HISTORY = [
+    Interaction("u", "disliked", 1.0, "awful", 0),
+    Interaction("u", "gone", 5.0, None, 5 * DAY),
+    Interaction("u", "liked", 5.0, "lovely", 10 * DAY),
+]
+REVIEWS = {"liked": E[2], "disliked": E[0]}
+
+
+def test_interest_profile_is_the_served_one_with_a_review_and_a_dislike() -> None:
+    p = interest_profile(HISTORY, ITEM_VECTORS, REVIEWS, review_weight=0.5, half_life_days=10.0, dislike_weight=0.5)
+    assert [h.item_id for h in p.history] == ["disliked", "liked"]  # no vector, not in the profile
+    # the review moves "liked" to unit(e0 + 0.5 e2); "disliked" moves to unit(e1 + 0.5 e0)
+    liked, disliked = np.array([1, 0, 0.5]) / np.sqrt(1.25), np.array([0.5, 1, 0]) / np.sqrt(1.25)
+    np.testing.assert_allclose(p.vectors, [disliked, liked], rtol=1e-6)
+    # rating 1 -> -1, ten days = one half life back -> x 0.5; then x dislike_weight 0.5
+    np.testing.assert_allclose(p.weights, [-0.5, 1.0])
+    expected = liked - 0.25 * disliked
+    np.testing.assert_allclose(p.vector, expected / np.linalg.norm(expected), rtol=1e-6)
+    # the same, spelt the way recommend used to: with_reviews, rating x recency, build_profile
+    vectors = with_reviews(np.stack([E[1], E[0]]), [E[0], E[2]], 0.5)
+    weights = rating_weights([1.0, 5.0]) * recency_weights([0, 10 * DAY], 10.0)
+    np.testing.assert_allclose(p.vector, build_profile(vectors, weights, dislike_weight=0.5), rtol=1e-6)
+
+
+def test_interest_profile_uses_a_review_vector_only_where_there_is_review_text() -> None:
+    plain = [Interaction(h.user_id, h.item_id, h.rating, None, h.timestamp) for h in HISTORY]
+    p = interest_profile(plain, ITEM_VECTORS, REVIEWS)
+    np.testing.assert_allclose(p.vectors, [E[1], E[0]])
+    assert interest_profile(plain, ITEM_VECTORS).vector == pytest.approx(p.vector)
+
+
+def test_interest_profile_cold_start() -> None:
+    assert interest_profile([], ITEM_VECTORS).vector is None
+    only_dislikes = interest_profile(HISTORY[:1], ITEM_VECTORS)
+    assert only_dislikes.vector is None and only_dislikes.weights.tolist() == [-1.0]
+
+
+def test_bert_scores_rank_with_the_served_profile() -> None:
+    index = {"liked": 0, "disliked": 1, "other": 2}
+    kwargs = {"review_weight": 0.5, "half_life_days": 10.0, "dislike_weight": 0.5}
+    scores = bert_scores([HISTORY, []], E, index, review_vectors=[REVIEWS, None], **kwargs)
+    np.testing.assert_allclose(scores[0], E @ interest_profile(HISTORY, ITEM_VECTORS, REVIEWS, **kwargs).vector)
+    assert scores[1].tolist() == [0.0, 0.0, 0.0]  # no history: no content signal
+    # Settings' values are the defaults: no reviews given, no reviews used
+    np.testing.assert_allclose(
+        bert_scores([HISTORY], E, index)[0], E @ interest_profile(HISTORY, ITEM_VECTORS).vector, rtol=1e-6
+    )
 
 
 def test_mmr_known_answer() -> None:

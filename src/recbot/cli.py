@@ -267,14 +267,21 @@ def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
     data = load_dataset(args.dataset, data_dir=settings.data_dir)
     if args.what == "generation":
         return _eval_generation(args, settings, data, started)
-    result = run_retrieval(data, args.out, encoder=make_embedder(settings), seed=args.seed, max_users=args.max_users)
+    result = run_retrieval(
+        data,
+        args.out,
+        encoder=make_embedder(settings),
+        seed=args.seed,
+        max_users=args.max_users,
+        settings=settings,  # the profile serving uses: reviews, recency, dislikes as configured
+    )
     k = args.k or 10
     print(f"{args.dataset}: {result['protocol']['evaluated_users']} users, {result['protocol']['ranked_items']} items")
-    print(f"{'method':<16} {'hr@' + str(k):>8} {'ndcg@' + str(k):>8} {'mrr@' + str(k):>8}")
+    metrics = ("hr", "ndcg", "mrr", "precision", "recall", "f1")
+    print(f"{'method':<16} " + " ".join(f"{f'{m[:4]}@{k}':>9}" for m in metrics))
     nan = float("nan")
     for name, m in result["methods"].items():
-        hr, ndcg, mrr = (m.get(f"{metric}@{k}", nan) for metric in ("hr", "ndcg", "mrr"))
-        print(f"{name:<16} {hr:>8.4f} {ndcg:>8.4f} {mrr:>8.4f}")
+        print(f"{name:<16} " + " ".join(f"{m.get(f'{metric}@{k}', nan):>9.4f}" for metric in metrics))
     print(f"hybrid weights: {result['hybrid_weights']}")
     print(f"wrote {args.out}/metrics.json, report.md, metrics_by_k.png in {time.perf_counter() - started:.0f}s")
     return 0

@@ -27,7 +27,7 @@ from recbot.index import Index
 from recbot.ingest import IngestReport
 from recbot.retrieval.embedder import BUNDLED_ENCODER_ID, Embedder, LazyEmbedder
 from recbot.retrieval.hybrid import CollabModel, HybridWeights, score_user
-from recbot.retrieval.profile import blend_query, build_profile, rating_weights, recency_weights, with_reviews
+from recbot.retrieval.profile import blend_query, interest_profile
 from recbot.retrieval.ranking import mmr, unit_range
 from recbot.retrieval.store import ChromaStore, Filters, Snapshot, VectorStore, make_client
 from recbot.serving import (
@@ -307,8 +307,15 @@ class Recommender:
         if understood is not None:
             similar = bool(like) or bool(SIMILAR.search(query or ""))
             exclude |= excluded_by(understood, catalog, asks_for_similar=similar)
-        hist_vectors, weights = self._history_vectors(user_id, history)
-        profile = build_profile(hist_vectors, weights, dislike_weight=self.settings.dislike_weight)
+        interest = interest_profile(  # the same profile tuning and the offline eval score with
+            history,
+            self.store.get_vectors([h.item_id for h in history]) if history else {},
+            self._review_vectors(user_id),
+            review_weight=self.settings.review_weight,
+            half_life_days=self.settings.recency_half_life_days,
+            dislike_weight=self.settings.dislike_weight,
+        )
+        history, hist_vectors, weights, profile = interest.history, interest.vectors, interest.weights, interest.vector
         avoid = self._avoid_vector(understood)
         ask = self._ask_vector(understood, avoid) if understood is not None else None
         # the ask's weight follows how much it says; naming a title ("like Alien") says the most
@@ -615,23 +622,9 @@ class Recommender:
             self._popularity = None
             self._collab = None
 
-    def _history_vectors(self, user_id: str, history: list[Interaction]) -> tuple[np.ndarray, np.ndarray]:
-        if not history:
-            return np.zeros((0, 1), dtype=np.float32), np.zeros(0)
-        found = self.store.get_vectors([h.item_id for h in history])
-        history[:] = [h for h in history if h.item_id in found]
-        if not history:
-            return np.zeros((0, 1), dtype=np.float32), np.zeros(0)
-        reviews = self.storage.review_vectors(user_id)
-        vectors = with_reviews(
-            np.stack([found[h.item_id] for h in history]),
-            [reviews[h.item_id][1] if h.review and h.item_id in reviews else None for h in history],
-            self.settings.review_weight,
-        )
-        weights = rating_weights([h.rating for h in history]) * recency_weights(
-            [h.timestamp for h in history], self.settings.recency_half_life_days
-        )
-        return vectors, weights
+    def _review_vectors(self, user_id: str) -> dict[str, np.ndarray]:
+        """The user's embedded reviews by item id (cached at ingest)."""
+        return {item: vector for item, (_hash, vector) in self.storage.review_vectors(user_id).items()}
 
     def _hybrid(self) -> tuple[Snapshot, CollabModel] | None:
         """The collaborative model over the exactly searched items, once two users have

@@ -2,9 +2,10 @@
 
 random, popularity, item-kNN (cosine between item columns of the binary training
 matrix; a user's score for an item is the sum of its similarities to the user's
-training items), item-kNN over the last 20 items, BERT content (recbot's profile over
-item embeddings) and the hybrid blend of them (``recbot.retrieval.hybrid``, the same
-code ``Recommender.recommend`` ranks with).
+training items), item-kNN over the last 20 items, EASE (Steck 2019, exact closed form on
+the training matrix, λ = ``EASE_LAMBDA``), BERT content (the interest vector ``recommend``
+serves, over item embeddings) and the hybrid blend of them (``recbot.retrieval.hybrid``,
+the same code ``Recommender.recommend`` ranks with).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import sparse
 
+from recbot.config import Settings
 from recbot.retrieval.hybrid import CollabModel, bert_scores, history_matrix
 from recbot.types import Interaction
 
@@ -36,15 +38,24 @@ def components(
     train: Mapping[str, list[Interaction]],
     item_vectors: np.ndarray,
     *,
-    half_life_days: float = 365.0,
-    profile_last: int | None = 50,
+    review_vectors: Mapping[str, Mapping[str, np.ndarray]] | None = None,
+    settings: Settings | None = None,
 ) -> Components:
     """The hybrid's components for ``users``, with the collaborative statistics learned
-    from every training history in ``train``."""
+    from every training history in ``train``, and ``bert`` from the interest vector that
+    ``settings`` (default: ``Settings()``) serve, with the users' ``review_vectors`` (user
+    id -> item id -> unit vector) where given."""
+    s = settings or Settings()
     model = CollabModel.fit(train.values(), items)
     hists = [train.get(u, []) for u in users]
     parts = model.scores(hists)
     parts["bert"] = bert_scores(
-        hists, item_vectors, model.index, half_life_days=half_life_days, profile_last=profile_last
+        hists,
+        item_vectors,
+        model.index,
+        review_vectors=[review_vectors.get(u) for u in users] if review_vectors is not None else None,
+        review_weight=s.review_weight,
+        half_life_days=s.recency_half_life_days,
+        dislike_weight=s.dislike_weight,
     )
     return Components(parts, model.popularity, history_matrix(hists, model.index))

@@ -20,8 +20,9 @@ from recbot.config import Settings
 from recbot.eval.baselines import Components, components
 from recbot.eval.data import Dataset, Split
 from recbot.eval.ranking import f1_at_k, hit_rate_at_k, mrr_at_k, ndcg_at_k, precision_at_k, recall_at_k
-from recbot.retrieval.hybrid import blend, choose_weights, top_k
+from recbot.retrieval.hybrid import EASE_LAMBDA, blend, choose_weights, top_k
 from recbot.retrieval.ranking import mmr, unit_range
+from recbot.types import Interaction
 
 __all__ = ["run_retrieval"]
 
@@ -57,19 +58,40 @@ def _embed(texts: Sequence[str], encoder: Any) -> np.ndarray:
     return np.asarray(encoder.encode(list(texts)), dtype=np.float32)
 
 
+def _review_vectors(
+    train: Mapping[str, Sequence[Interaction]], users: Sequence[str], encoder: Any
+) -> dict[str, dict[str, np.ndarray]]:
+    """The users' training reviews embedded, as ingest embeds them for serving (user ->
+    item -> unit vector). Held-out reviews are not training interactions, so never here."""
+    todo = [(u, h.item_id, h.review) for u in users for h in train.get(u, []) if h.review]
+    out: dict[str, dict[str, np.ndarray]] = {}
+    if todo:
+        logger.info("embedding %d training reviews", len(todo))
+        vectors = _embed([text for _, _, text in todo], encoder)
+        for (user, item, _), vector in zip(todo, vectors, strict=True):
+            out.setdefault(user, {})[item] = vector
+    return out
+
+
 def _components(
-    data: Dataset, split: Split, users: Sequence[str], encoder: Any, cache: dict[str, np.ndarray]
+    data: Dataset,
+    split: Split,
+    users: Sequence[str],
+    encoder: Any,
+    cache: dict[str, np.ndarray],
+    reviews: Mapping[str, Mapping[str, np.ndarray]],
+    settings: Settings,
 ) -> tuple[Components, np.ndarray]:
     texts = [split.item_text[i] for i in data.items]
     key = str(hash(tuple(texts)))
     if key not in cache:
         cache[key] = _embed(texts, encoder)
-    return components(users, data.items, split.train, cache[key]), cache[key]
+    comp = components(users, data.items, split.train, cache[key], review_vectors=reviews, settings=settings)
+    return comp, cache[key]
 
 
-def with_mmr(scores: np.ndarray, seen: Any, vectors: np.ndarray, k: int) -> np.ndarray:
-    """What ``recommend`` returns: MMR (Settings' lambda) over each user's top candidates."""
-    settings = Settings()
+def with_mmr(scores: np.ndarray, seen: Any, vectors: np.ndarray, k: int, settings: Settings) -> np.ndarray:
+    """What ``recommend`` returns: MMR (``settings.mmr_lambda``) over each user's top candidates."""
     pool = top_k(scores, seen, settings.candidates, exact=True)
     return np.array(
         [
@@ -91,10 +113,18 @@ def choose(
 
 
 def run_retrieval(
-    data: Dataset, out_dir: str | Path, *, encoder: Any, seed: int = 0, max_users: int | None = None
+    data: Dataset,
+    out_dir: str | Path,
+    *,
+    encoder: Any,
+    seed: int = 0,
+    max_users: int | None = None,
+    settings: Settings | None = None,
 ) -> dict[str, Any]:
-    """Evaluate random, popularity, item-kNN (full and last 20), BERT, hybrid, and the
-    hybrid as ``recommend`` serves it (MMR-diversified: ``hybrid_mmr``)."""
+    """Evaluate random, popularity, item-kNN (full and last 20), EASE, BERT, hybrid, and the
+    hybrid as ``recommend`` serves it (MMR-diversified: ``hybrid_mmr``). The BERT profile
+    and MMR follow ``settings`` (default ``Settings()``), as ``recommend`` does."""
+    settings = settings or Settings()
     started = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -105,26 +135,37 @@ def run_retrieval(
         users_test = list(rng.choice(users_test, size=min(max_users, len(users_test)), replace=False))
         users = [u for u in users if u in set(users_test)]
     cache: dict[str, np.ndarray] = {}
+    reviews = _review_vectors(data.test.train, users_test, encoder)  # the validation split's are a subset
     logger.info("validation split: choosing hybrid weights on %d users", len(users))
     weights, valid_ndcg = choose(
-        _components(data, data.valid, users, encoder, cache)[0], data.items, data.valid.held_out, users
+        _components(data, data.valid, users, encoder, cache, reviews, settings)[0],
+        data.items,
+        data.valid.held_out,
+        users,
     )
-    comp, vectors = _components(data, data.test, users_test, encoder, cache)
+    comp, vectors = _components(data, data.test, users_test, encoder, cache, reviews, settings)
     pop = comp.popularity
     scores = {
         "random": rng.random((len(users_test), len(data.items))),
         "popularity": np.broadcast_to(pop[None, :], (len(users_test), len(data.items))),
         "item_knn": comp.parts["knn"],
         "item_knn_last20": comp.parts["knn_recent"],
+        **({"ease": comp.parts["ease"]} if "ease" in comp.parts else {}),
         "bert": comp.parts["bert"],
         "hybrid": blend(comp.parts, weights),
     }
     tops = {name: top_k(s, comp.seen, max(KS)) for name, s in scores.items()}
-    tops["hybrid_mmr"] = with_mmr(scores["hybrid"], comp.seen, vectors, max(KS))
+    tops["hybrid_mmr"] = with_mmr(scores["hybrid"], comp.seen, vectors, max(KS), settings)
     methods = {name: measure(top, users_test, data.items, data.test.held_out, pop) for name, top in tops.items()}
     result = {
         "dataset": data.spec,
-        "protocol": {**data.protocol, "evaluated_users": len(users_test), "ks": list(KS)},
+        "protocol": {
+            **data.protocol,
+            "evaluated_users": len(users_test),
+            "ks": list(KS),
+            "ease_lambda": EASE_LAMBDA,
+            "reviews_in_profile": sum(len(r) for r in reviews.values()),
+        },
         "seed": seed,
         "hybrid_weights": weights,
         "hybrid_validation_ndcg@10": round(valid_ndcg, 6),
@@ -160,6 +201,11 @@ def _report(result: dict[str, Any], seconds: float) -> str:
         f"Protocol: {result['protocol']['split']}; {result['protocol']['ranked_items']} items ranked, "
         f"{result['protocol']['evaluated_users']} users, training items excluded. "
         f"Seed {result['seed']}. Runtime {seconds:.0f}s.",
+        "",
+        "One held-out item per user, so precision@K = hits/K (at most 1/K) and recall@K = HR@K; "
+        "F1@K = 2PR/(P+R) follows from them. EASE: λ = "
+        f"{result['protocol'].get('ease_lambda', EASE_LAMBDA):g}. The BERT profile is the served one, with "
+        f"{result['protocol'].get('reviews_in_profile', 0)} of the users' own training reviews.",
         "",
         f"Hybrid weights (chosen on the validation split, NDCG@10 {result['hybrid_validation_ndcg@10']:.4f}): "
         f"`{json.dumps(result['hybrid_weights'])}`",

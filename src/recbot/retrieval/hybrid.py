@@ -15,7 +15,14 @@ items) before the weighted sum:
 - ``knn_decay``: the user's items weighted ``0.5 ** (positions back / 5)``.
 - ``transition``: what followed the user's last 5 items (weighted ``0.5 ** (back / 2)``)
   within 3 steps in everybody's sequences, row-normalised: a first-order sequential signal.
-- ``bert``: cosine between the item's text embedding and the user's interest vector.
+- ``ease``: EASE (Steck, "Embarrassingly Shallow Autoencoders for Sparse Data", WWW 2019),
+  ``x @ B`` with the closed form ``B = I - P @ diagMat(1 / diag(P))``, ``P = (XᵀX + λI)⁻¹``
+  (zero diagonal). Exact and dense, so only for catalogs of at most ``EASE_MAX_ITEMS``
+  items (beyond, the component is absent); see ``Ease``.
+- ``bert``: cosine between the item's text embedding and the user's interest vector,
+  built exactly as ``recommend`` builds it (``recbot.retrieval.profile.interest_profile``:
+  reviews, rating x recency weights, dislikes, the whole history), so the weights are
+  chosen, and evaluated, for the profile that is served.
 - ``popularity``: ``log(1 + users who interacted with the item)``.
 
 With a free-text ask, the final score is ``(1 - q) * z(hybrid) + q * z(cosine to the
@@ -31,16 +38,20 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import sparse
+from scipy import linalg, sparse
 
-from recbot.retrieval.profile import build_profile, rating_weights, recency_weights
+from recbot.config import Settings
+from recbot.retrieval.profile import interest_profile
 from recbot.types import Interaction
 
 __all__ = [
     "COMPONENTS",
     "DEFAULT_WEIGHTS",
+    "EASE_LAMBDA",
+    "EASE_MAX_ITEMS",
     "WEIGHT_GRID",
     "CollabModel",
+    "Ease",
     "HybridWeights",
     "bert_scores",
     "blend",
@@ -52,19 +63,31 @@ __all__ = [
     "zscore",
 ]
 
-COMPONENTS = ("knn", "knn_recent", "knn_decay", "transition", "bert", "popularity")
+COMPONENTS = ("knn", "knn_recent", "knn_decay", "transition", "ease", "bert", "popularity")
 RECENT = 20  # knn_recent: the last this many items
 DECAY_HALF_LIFE = 5.0  # knn_decay: positions back
 TRANSITION_LAST, TRANSITION_HALF_LIFE, TRANSITION_WINDOW = 5, 2.0, 3
+# EASE's dense matrices hold min(users, items) x items float32s and cost about min(users,
+# items)³ to fit. Measured on 2 cores (random 0.5%-dense data, more users than items):
+# 6,000 items 1.8 s; 20,000 items 48 s, 1.6 GB kept and a 6.4 GB peak while fitting. With
+# fewer users than items it is cheaper (5,000 users x 20,000 items: 5 s). Serving refits it on
+# the first call after feedback, so the cap keeps that refit to seconds (MovieLens small: < 1 s).
+EASE_MAX_ITEMS = 10_000
+# EASE's L2 penalty λ: RecBole's default. In the blend it did as well as 50 or 100 on the
+# validation splits of ml-latest-small and Amazon MI (alone, 50 ranked a little better).
+EASE_LAMBDA = 250.0
 # Used until there are enough users to choose weights on a validation split. Content
 # leads (it carries the reasons and works on tiny data); co-occurrence and the
 # sequence signal add what people with the same items went on to; popularity is a prior.
 DEFAULT_WEIGHTS: dict[str, float] = {"knn_decay": 0.25, "transition": 0.25, "bert": 1.0, "popularity": 0.05}
+# 648 points, 2 x the grid without EASE. On the validation splits of ml-latest-small and
+# Amazon MI, ease at 1.0 beat 0.5 (and 0.5 and 1.0 together chose the same point as 1.0 alone).
 WEIGHT_GRID: dict[str, tuple[float, ...]] = {
     "knn": (0.0, 0.5),
     "knn_recent": (0.0, 0.5, 1.0),
     "knn_decay": (0.0, 0.5, 1.0),
     "transition": (0.0, 0.5, 1.0),
+    "ease": (0.0, 1.0),
     "bert": (0.0, 0.1, 0.25),
     "popularity": (0.0, 0.1),
 }
@@ -98,6 +121,68 @@ def history_matrix(
     return m
 
 
+def _spd_inverse(a: np.ndarray) -> np.ndarray:
+    """The inverse of a symmetric positive definite matrix (overwritten): Cholesky, then
+    LAPACK's potri, which fills one triangle."""
+    potrf, potri = linalg.get_lapack_funcs(("potrf", "potri"), (a,))
+    c, info = potrf(a, lower=False, overwrite_a=True, clean=False)
+    if info == 0:
+        c, info = potri(c, lower=False, overwrite_c=True)
+    if info != 0:
+        raise np.linalg.LinAlgError(f"not positive definite (LAPACK info {info})")
+    upper = np.triu(c)
+    return upper + np.triu(upper, 1).T
+
+
+@dataclass(frozen=True)
+class Ease:
+    """EASE's item-item model on a binary users x items matrix X, exact.
+
+    A user row x scores ``x @ B = x - (x @ P) / diag(P)``, with ``P = (XᵀX + λI)⁻¹``.
+    Kept in whichever of two equal forms is smaller: ``P`` itself (items x items) when
+    there are at least as many users as items, else, by the Woodbury identity
+    ``P = (I - Xᵀ (XXᵀ + λI)⁻¹ X) / λ``, the users x items ``(XXᵀ + λI)⁻¹ X`` beside X.
+    Either way the cost grows with min(users, items)³, not items³.
+    """
+
+    lam: float
+    diag: np.ndarray  # (n_items,) diag(P)
+    p: np.ndarray | None  # items x items P (when items <= users)
+    x: sparse.csr_matrix | None  # users x items X (otherwise)
+    kx: np.ndarray | None  # users x items (XXᵀ + λI)⁻¹ X (otherwise)
+
+    @classmethod
+    def fit(cls, x: sparse.spmatrix, lam: float = EASE_LAMBDA) -> Ease:
+        """The model of ``x`` (users x items, binary) with L2 penalty ``lam`` > 0.
+
+        Both forms invert a symmetric positive definite matrix by Cholesky in float32:
+        a quarter of the time and half the memory of ``np.linalg.inv`` in float64.
+        """
+        x = sparse.csr_matrix(x, dtype=np.float32)
+        users, items = x.shape
+        if items <= users:
+            g = (x.T @ x).toarray()
+            g[np.diag_indices(items)] += lam
+            p = _spd_inverse(g)
+            return cls(lam, np.diag(p).astype(np.float64), p, None, None)
+        k = (x @ x.T).toarray()
+        k[np.diag_indices(users)] += lam
+        kx = linalg.cho_solve(linalg.cho_factor(k, overwrite_a=True), x.toarray(), overwrite_b=True)
+        diag = (1.0 - np.asarray(x.multiply(kx).sum(axis=0), dtype=np.float64).ravel()) / lam
+        return cls(lam, diag, None, x, np.asarray(kx, dtype=np.float32))
+
+    def scores(self, rows: sparse.spmatrix) -> np.ndarray:
+        """``rows @ B`` for user rows (n, n_items) over the same items."""
+        rows = sparse.csr_matrix(rows, dtype=np.float32)
+        dense = rows.toarray()
+        if self.p is not None:
+            xp = dense @ self.p
+        else:
+            assert self.x is not None and self.kx is not None
+            xp = (dense - (rows @ self.x.T).toarray() @ self.kx) / self.lam
+        return np.asarray(dense - xp / self.diag[None, :], dtype=np.float32)
+
+
 @dataclass
 class CollabModel:
     """Collaborative statistics of a set of (training) histories.
@@ -107,6 +192,7 @@ class CollabModel:
         matrix: binary users x items matrix of the histories.
         popularity: (n_items,) users holding each item.
         transition: items x items, row-normalised "came within 3 steps after".
+        ease_lambda: EASE's L2 penalty; the model itself is fitted on first use.
     """
 
     items: list[str]
@@ -114,10 +200,14 @@ class CollabModel:
     matrix: sparse.csr_matrix
     popularity: np.ndarray
     transition: sparse.csr_matrix
+    ease_lambda: float = EASE_LAMBDA
     _transposed: sparse.csr_matrix | None = field(default=None, init=False, repr=False)  # lazy Xᵀ
+    _ease: Ease | None = field(default=None, init=False, repr=False)  # lazy: only when ranked with
 
     @classmethod
-    def fit(cls, histories: Iterable[Sequence[Interaction]], items: Sequence[str]) -> CollabModel:
+    def fit(
+        cls, histories: Iterable[Sequence[Interaction]], items: Sequence[str], *, ease_lambda: float = EASE_LAMBDA
+    ) -> CollabModel:
         """Statistics of ``histories`` (each in time order) over the universe ``items``."""
         index = {item: j for j, item in enumerate(items)}
         hists = list(histories)
@@ -136,7 +226,7 @@ class CollabModel:
         sums = np.asarray(t.sum(axis=1)).ravel()
         sums[sums == 0] = 1.0
         transition = (sparse.diags(1.0 / sums).astype(np.float32) @ t).tocsr()
-        return cls(list(items), index, x, popularity, transition)
+        return cls(list(items), index, x, popularity, transition, ease_lambda)
 
     @property
     def users(self) -> int:
@@ -148,6 +238,13 @@ class CollabModel:
         dense = rows.toarray() * inv[None, :]
         per_user = self.matrix @ dense.T  # (all users, len(rows))
         return np.asarray((self._matrix_t @ per_user).T * inv[None, :], dtype=np.float32)
+
+    @property
+    def ease(self) -> Ease | None:
+        """EASE on the training matrix; None beyond ``EASE_MAX_ITEMS`` items or without users."""
+        if self._ease is None and 0 < len(self.items) <= EASE_MAX_ITEMS and self.users:
+            self._ease = Ease.fit(self.matrix, self.ease_lambda)
+        return self._ease
 
     @property
     def _matrix_t(self) -> sparse.csr_matrix:
@@ -181,25 +278,27 @@ class CollabModel:
         )
         return self._knn(row)[0]
 
-    def scores(self, histories: Sequence[Sequence[Interaction]]) -> dict[str, np.ndarray]:
-        """The collaborative components (all but ``bert``), each (len(histories), n_items)."""
+    def scores(self, histories: Sequence[Sequence[Interaction]], *, ease: bool = True) -> dict[str, np.ndarray]:
+        """The collaborative components (all but ``bert``), each (len(histories), n_items);
+        ``ease`` only when asked for and the catalog is small enough (``EASE_MAX_ITEMS``)."""
         h, idx, n = histories, self.index, len(histories)
+        binary = history_matrix(h, idx)
         rows = sparse.vstack(
-            [
-                history_matrix(h, idx),
-                history_matrix(h, idx, last=RECENT),
-                history_matrix(h, idx, half_life=DECAY_HALF_LIFE),
-            ]
+            [binary, history_matrix(h, idx, last=RECENT), history_matrix(h, idx, half_life=DECAY_HALF_LIFE)]
         ).tocsr()
         knn = self._knn(rows)  # one pass for the three kNN variants
         last = history_matrix(h, idx, last=TRANSITION_LAST, half_life=TRANSITION_HALF_LIFE)
-        return {
+        out = {
             "knn": knn[:n],
             "knn_recent": knn[n : 2 * n],
             "knn_decay": knn[2 * n :],
             "transition": (last @ self.transition).toarray().astype(np.float32),
             "popularity": np.broadcast_to(np.log1p(self.popularity)[None, :], (n, len(self.items))),
         }
+        model = self.ease if ease else None
+        if model is not None:
+            out["ease"] = model.scores(binary)
+        return out
 
 
 def zscore(m: np.ndarray) -> np.ndarray:
@@ -277,24 +376,36 @@ def bert_scores(
     item_vectors: np.ndarray,
     index: Mapping[str, int],
     *,
-    half_life_days: float = 365.0,
-    profile_last: int | None = 50,
+    review_vectors: Sequence[Mapping[str, np.ndarray] | None] | None = None,
+    review_weight: float = Settings.review_weight,
+    half_life_days: float = Settings.recency_half_life_days,
+    dislike_weight: float = Settings.dislike_weight,
 ) -> np.ndarray:
-    """Cosine of every item to each user's interest vector (recbot's rating and recency
-    weights over the last ``profile_last`` items; no review text)."""
-    out = np.zeros((len(histories), len(item_vectors)), dtype=np.float32)
+    """Cosine of every item to each user's served interest vector (``interest_profile``;
+    zeros for a user without one).
+
+    Args:
+        histories: each user's interactions, oldest first.
+        item_vectors: (n_items, d) unit item vectors, rows in ``index`` order.
+        index: item id -> row.
+        review_vectors: per user (aligned with ``histories``), their unit review vectors
+            by item id, or None; None: nobody's reviews.
+        review_weight, half_life_days, dislike_weight: as ``Settings``' (the defaults).
+    """
+    profiles = np.zeros((len(histories), item_vectors.shape[1]), dtype=np.float32)
     for u, hist in enumerate(histories):
-        hist = [h for h in (hist[-profile_last:] if profile_last else hist) if h.item_id in index]
-        if not hist:
-            continue
-        vecs = item_vectors[[index[h.item_id] for h in hist]]
-        weights = rating_weights([h.rating for h in hist]) * recency_weights(
-            [h.timestamp for h in hist], half_life_days
-        )
-        profile = build_profile(vecs, weights)
+        vectors = {h.item_id: item_vectors[index[h.item_id]] for h in hist if h.item_id in index}
+        profile = interest_profile(
+            hist,
+            vectors,
+            review_vectors[u] if review_vectors is not None else None,
+            review_weight=review_weight,
+            half_life_days=half_life_days,
+            dislike_weight=dislike_weight,
+        ).vector
         if profile is not None:
-            out[u] = item_vectors @ profile
-    return out
+            profiles[u] = profile
+    return np.asarray(profiles @ item_vectors.T, dtype=np.float32)
 
 
 @dataclass(frozen=True)
@@ -339,17 +450,26 @@ def tune(
     max_users: int = 2000,
     seed: int = 0,
     progress: Callable[[Iterable[tuple[float, ...]], int], Iterable[tuple[float, ...]]] | None = None,
+    review_vectors: Callable[[str], Mapping[str, np.ndarray] | None] | None = None,
+    review_weight: float = Settings.review_weight,
+    half_life_days: float = Settings.recency_half_life_days,
+    dislike_weight: float = Settings.dislike_weight,
 ) -> HybridWeights:
     """Choose blend weights on the stored interactions: each user's latest item (3+
     interactions) is held out as the validation target, everything else trains the
     collaborative statistics, and the grid point with the best NDCG@10 wins. With fewer
     than ``min_users`` such users, DEFAULT_WEIGHTS. At most ``max_users`` users (a seeded
-    sample), fewer for large catalogs so memory stays bounded.
+    sample), fewer for large catalogs so memory stays bounded. The ``bert`` component is
+    the served interest vector (``interest_profile``), so pass the settings ``recommend``
+    uses.
 
     Args:
         histories: every user's interactions, each in time order.
         items: the item universe (rows of ``item_vectors``).
         item_vectors: (n_items, d) unit text embeddings.
+        review_vectors: a user id's unit review vectors by item id (called only for the
+            sampled users); None: no reviews.
+        review_weight, half_life_days, dislike_weight: ``Settings``' (the defaults).
     """
     index = {item: j for j, item in enumerate(items)}
     eligible = sorted(u for u, h in histories.items() if len(h) >= 3 and h[-1].item_id in index)
@@ -364,7 +484,15 @@ def tune(
     model = CollabModel.fit(train.values(), items)
     hists = [train[u] for u in eligible]
     parts = model.scores(hists)
-    parts["bert"] = bert_scores(hists, item_vectors, index)
+    parts["bert"] = bert_scores(
+        hists,
+        item_vectors,
+        index,
+        review_vectors=[review_vectors(u) for u in eligible] if review_vectors is not None else None,
+        review_weight=review_weight,
+        half_life_days=half_life_days,
+        dislike_weight=dislike_weight,
+    )
     targets = np.array([index[histories[u][-1].item_id] for u in eligible])
     weights, ndcg = choose_weights(parts, history_matrix(hists, index), targets, progress=progress)
     return HybridWeights(weights, "validation", len(eligible), round(ndcg, 6))
@@ -382,7 +510,7 @@ def score_user(
     z-scored components, with ``content`` (cosine of each item to the user's interest
     vector) as ``bert``. With ``ask`` (cosine of each item to the free-text ask), the
     result is ``(1 - query_weight) * z(hybrid) + query_weight * z(ask)``."""
-    parts = {name: m[0] for name, m in model.scores([history]).items()}
+    parts = {name: m[0] for name, m in model.scores([history], ease=bool(weights.get("ease"))).items()}
     parts["bert"] = np.asarray(content, dtype=np.float32)
     score = blend(parts, weights)
     if ask is None:

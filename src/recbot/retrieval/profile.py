@@ -10,17 +10,27 @@ Weights, documented once here:
   history has no timestamps.
 - a user's own review moves that item's vector towards what they wrote:
   ``normalize(item + review_weight * review)``.
+
+``interest_profile`` puts these together: it is the one definition of a user's interest
+vector, used by ``Recommender.recommend`` and by the hybrid's tuning and evaluation
+(``recbot.retrieval.hybrid.bert_scores``), so the weights are chosen for what is served.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
+from recbot.config import Settings
+from recbot.types import Interaction
+
 __all__ = [
+    "InterestProfile",
     "blend_query",
     "build_profile",
+    "interest_profile",
     "rating_weight",
     "rating_weights",
     "recency_weights",
@@ -92,6 +102,60 @@ def build_profile(vectors: np.ndarray, weights: np.ndarray, *, dislike_weight: f
     if np.linalg.norm(profile) == 0:
         return None
     return _unit(profile).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class InterestProfile:
+    """A user's interest vector and the history it was built from."""
+
+    history: list[Interaction]  # the interactions whose item has a vector, in the order given
+    vectors: np.ndarray  # (len(history), d) their item vectors, moved towards the user's reviews
+    weights: np.ndarray  # (len(history),) rating x recency; negative for disliked items
+    vector: np.ndarray | None  # unit interest vector; None when nothing is liked (cold start)
+
+
+def interest_profile(
+    history: Sequence[Interaction],
+    item_vectors: Mapping[str, np.ndarray],
+    review_vectors: Mapping[str, np.ndarray] | None = None,
+    *,
+    review_weight: float = Settings.review_weight,
+    half_life_days: float = Settings.recency_half_life_days,
+    dislike_weight: float = Settings.dislike_weight,
+) -> InterestProfile:
+    """The interest vector ``recommend`` serves: the whole history, each item's vector moved
+    towards the user's review of it (``with_reviews``), weighted by rating x recency, disliked
+    items pushing away (``build_profile``). Defaults are ``Settings``'.
+
+    Args:
+        history: the user's interactions, oldest first; items without a vector are skipped.
+        item_vectors: unit item vectors by item id (only the history's are looked up).
+        review_vectors: the user's unit review vectors by item id; one counts only where the
+            interaction has review text. None: no reviews.
+        review_weight: ``Settings.review_weight``.
+        half_life_days: ``Settings.recency_half_life_days``.
+        dislike_weight: ``Settings.dislike_weight``.
+
+    Returns:
+        The kept history, its vectors and weights (the "because you liked" reasons use
+        them) and the unit interest vector, or None for it when nothing is liked.
+
+    Example:
+        >>> p = interest_profile([Interaction("u", "a", 5.0)], {"a": np.array([1.0, 0.0])})
+        >>> p.vector.tolist()
+        [1.0, 0.0]
+    """
+    kept = [h for h in history if h.item_id in item_vectors]
+    if not kept:
+        return InterestProfile([], np.zeros((0, 1), dtype=np.float32), np.zeros(0), None)
+    reviews = review_vectors or {}
+    vectors = with_reviews(
+        np.stack([np.asarray(item_vectors[h.item_id], dtype=np.float32) for h in kept]),
+        [reviews.get(h.item_id) if h.review else None for h in kept],
+        review_weight,
+    )
+    weights = rating_weights([h.rating for h in kept]) * recency_weights([h.timestamp for h in kept], half_life_days)
+    return InterestProfile(kept, vectors, weights, build_profile(vectors, weights, dislike_weight=dislike_weight))
 
 
 def blend_query(profile: np.ndarray | None, query: np.ndarray | None, query_weight: float) -> np.ndarray | None:
