@@ -283,6 +283,42 @@ def test_gradio_client_api(server: tuple[str, ConnectionLog, Recommender]) -> No
     client.close()
 
 
+def test_concurrent_streams_carry_only_their_own_items(server: tuple[str, ConnectionLog, Recommender]) -> None:
+    """Two sessions stream at the same time (their blurbs batched together): every message of
+    each stream holds its own user's items, reasons and blurb text only."""
+    import threading
+
+    from gradio_client import Client
+
+    url, _, _ = server
+    titles = {i["id"]: i["title"] for i in TOY_ITEMS}
+    streams: dict[str, list[dict[str, Any]]] = {}
+
+    def run(user: str, query: str) -> None:
+        client = Client(url + "/", verbose=False)
+        job = client.submit(user, query, 3, "", api_name="/recommend_stream")
+        streams[user] = list(job)
+        client.close()
+
+    threads = [threading.Thread(target=run, args=a) for a in (("baker", "bread"), ("spacefan", "robots"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    for user, messages in streams.items():
+        assert messages and messages[-1]["done"] and messages[-1]["user_id"] == user
+        history = {i["item_id"] for i in TOY_INTERACTIONS if i["user_id"] == user}
+        own = [r["item_id"] for r in messages[0]["recommendations"]]
+        others = {titles[i] for i in titles if i not in own and i not in history}
+        for m in messages:
+            assert [r["item_id"] for r in m["recommendations"]] == own  # the list never changes mid-stream
+            for r in m["recommendations"]:
+                assert all(b["item_id"] in history for b in r["because"])
+                text = r["blurb"] or ""
+                assert not any(t in text for t in others if len(t) > 8), (user, text)  # no other item named
+        assert all(r["blurb"] and r["blurb_source"] for r in messages[-1]["recommendations"])
+
+
 def test_recbot_chat_listens_on_loopback_only(tmp_path: Path, tiny_bert: Path) -> None:
     import subprocess
     import sys

@@ -151,7 +151,18 @@ def build_demo(
         add_btn.click(on_add, [session, add_item], [history, status, remove_item], api_visibility="private")
         remove_btn.click(on_remove, [session, remove_item], [history, status, remove_item], api_visibility="private")
 
-        # the API path (gradio_client): one JSON answer per call
+        # the API path (gradio_client): one JSON answer per call, or that answer streamed
+        def api_user(user_id: str, request: gr.Request | None) -> str:
+            """The user an API call may ask for: the logged-in one when the page has logins."""
+            if logged_in:
+                me = str(own(Session(), request).user_id)
+                if user_id not in ("", me):
+                    raise gr.Error(f"logged in as {me}: this page recommends for you only, not for {user_id!r}")
+                return me
+            if not user_id:
+                raise gr.Error("user_id is required")
+            return user_id
+
         def recommend(
             user_id: str = "",
             query: str = "",
@@ -159,14 +170,23 @@ def build_demo(
             category: str = "",
             request: gr.Request = None,  # type: ignore[assignment]  # Gradio fills it in; the annotation tells it to
         ) -> dict[str, Any]:
-            if logged_in:
-                me = str(own(Session(), request).user_id)
-                if user_id not in ("", me):
-                    raise gr.Error(f"logged in as {me}: this page recommends for you only, not for {user_id!r}")
-                user_id = me
-            if not user_id:
-                raise gr.Error("user_id is required")
-            return h.api_recommend(user_id, query, k, category or None)
+            return h.api_recommend(api_user(user_id, request), query, k, category or None)
+
+        def recommend_stream(
+            user_id: str = "",
+            query: str = "",
+            k: int = 5,
+            category: str = "",
+            request: gr.Request = None,  # type: ignore[assignment]
+        ) -> Any:
+            yield from h.api_stream(api_user(user_id, request), query, k, category or None)
+
+        gr.api(
+            recommend_stream,
+            api_name="recommend_stream",
+            api_description="The /recommend answer streamed: at once without blurbs, then as they are written "
+            '(the last message has "done": true).',
+        )
 
         description = "Recommendations for a user, as JSON." + (
             " Logged in: always the logged-in user (user_id may be left empty)." if logged_in else ""

@@ -8,6 +8,7 @@ import json
 import logging
 import re
 import secrets
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import resources
@@ -205,6 +206,32 @@ class ChatHandlers:
         return self.history_rows(session), "Removed from your history."
 
     # -- the API path --
+    def api_stream(
+        self, user_id: str, query: str = "", k: int = 5, category: str | None = None, *, every_s: float = 0.1
+    ) -> Iterator[dict[str, Any]]:
+        """``api_recommend``, streamed: the JSON answer with ``"blurb": null`` at once, then
+        again as blurbs grow (at most every ``every_s`` seconds), then the finished answer
+        with ``"done": true``. Each stream carries only its own user's items and text."""
+        events = self.rec.stream(user_id, query=query or None, k=int(k), category=category or None, blurbs=self.blurbs)
+        recs = next(events)
+        assert isinstance(recs, Recommendations)
+        answer = recs.to_dict()
+        answer["done"] = False
+        yield answer
+        last = time.perf_counter()
+        for update in events:
+            assert isinstance(update, BlurbUpdate)
+            row = answer["recommendations"][update.index]
+            if update.done is not None:
+                answer["recommendations"][update.index] = update.done.to_dict()
+            else:
+                row["blurb"] = update.text
+            if time.perf_counter() - last >= every_s:
+                last = time.perf_counter()
+                yield answer
+        answer["done"] = True
+        yield answer
+
     def api_recommend(self, user_id: str, query: str = "", k: int = 5, category: str | None = None) -> dict[str, Any]:
         """One JSON answer (the shape of ``recbot recommend --json``), for gradio_client."""
         recs = self.rec.recommend(user_id, query=query or None, k=int(k), category=category or None, blurbs=self.blurbs)
