@@ -1,12 +1,24 @@
-"""Chat page under load (run by hand; loopback only, bounded in count and time).
+"""The chat page under load, old path against batched, in one run (by hand; loopback only,
+bounded in count and time).
 
-Starts `recbot chat` on a data dir (the demo's by default), measures the time until the
-page answers, then runs N concurrent gradio_client sessions, each as a different user,
-for a fixed time. Every answer is checked: no error, and every "because you liked" reason
-comes from that session's own user's history (a cross-user leak otherwise).
+Starts `recbot chat` three times on the same data dir (the demo's by default):
 
-    python benchmarks/load.py --data-dir .recbot --sessions 20 --seconds 60
-    python benchmarks/load.py --data-dir .recbot --no-blurbs
+- ``one-at-a-time``: blurbs on, generation batching off (``generation_window_ms = -1``: each
+  request runs its own generate under the model's lock, as before recbot.generation.batching);
+- ``batched``: blurbs on, the default batching;
+- ``no-blurbs``: ``--no-blurbs`` (retrieval only).
+
+For each, and for each session count (1, 5, 20), N concurrent gradio_client sessions (each a
+different user) ask for 5 items for ``--seconds``, through the streaming API
+(``/recommend_stream``) when blurbs are on and ``/recommend`` when off. Reported per cell:
+turns, turns/s, p50/p95 turn latency, p50 time to the first blurb token (the first message
+in which some blurb has text past its item's title), the share of template blurbs (busy or
+otherwise), errors, and cross-session leaks (a reason not from the session's own user, or a
+message whose items change mid-stream). Then the generation-level ratio, in process: tokens/s
+of one batched generate of 20 requests x 5 items against 20 sequential 5-item calls.
+
+    python benchmarks/load.py --data-dir .recbot --seconds 20
+    python benchmarks/load.py --data-dir .recbot --sessions 20 --seconds 60 --only batched
 """
 
 from __future__ import annotations
@@ -16,14 +28,21 @@ import json
 import os
 import random
 import socket
-import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
+from pathlib import Path
+from typing import Any
 
 QUERIES = ["something fun", "a cosy evening", "a gift", "something new", "", "more like my favourites", "surprise me"]
+MODES = {  # name -> (extra CLI args, settings TOML)
+    "one-at-a-time": ([], "generation_window_ms = -1\n"),
+    "batched": ([], ""),
+    "no-blurbs": (["--no-blurbs"], ""),
+}
 
 
 def free_port() -> int:
@@ -32,107 +51,214 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    values = sorted(values)
+    return round(values[min(len(values) - 1, int(q * (len(values) - 1) + 0.5))], 3)
+
+
+def start_server(data_dir: str, mode: str, workdir: Path) -> tuple[subprocess.Popen[bytes], str, float]:
+    args, toml = MODES[mode]
+    config = workdir / f"{mode}.toml"
+    config.write_text(toml, encoding="utf-8")
+    port = free_port()
+    cmd = [sys.executable, "-m", "recbot.cli", "--data-dir", data_dir, "--config", str(config), "chat"]
+    cmd += ["--port", str(port), *args]
+    started = time.perf_counter()
+    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/"
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return server, url, time.perf_counter() - started
+        except OSError:
+            if time.perf_counter() - started > 180 or server.poll() is not None:
+                server.terminate()
+                raise SystemExit(f"{mode}: the page did not come up") from None
+            time.sleep(0.2)
+
+
+def has_text(rec: dict[str, Any]) -> bool:
+    """Some blurb text past the item's title (the opening ends with it)."""
+    blurb = rec.get("blurb") or ""
+    return bool(blurb.split(rec["title"], 1)[-1].strip(" ,.")) if rec["title"] in blurb else bool(blurb)
+
+
+def run_cell(url: str, users: list[str], liked: dict[str, set[str]], seconds: float, stream: bool) -> dict[str, Any]:
+    from gradio_client import Client
+
+    latencies: list[float] = []
+    first_tokens: list[float] = []
+    errors: list[str] = []
+    leaks: list[str] = []
+    templated = blurbs = 0
+    lock = threading.Lock()
+    deadline = time.perf_counter() + seconds
+
+    def session(user: str) -> None:
+        nonlocal templated, blurbs
+        client = Client(url, verbose=False)
+        r = random.Random(user)
+        while time.perf_counter() < deadline:
+            query = r.choice(QUERIES)
+            t0 = time.perf_counter()
+            first: float | None = None
+            try:
+                if stream:
+                    messages = []
+                    for message in client.submit(user, query, 5, "", api_name="/recommend_stream"):
+                        messages.append(message)
+                        if first is None and any(has_text(x) for x in message["recommendations"]):
+                            first = time.perf_counter() - t0
+                    out = messages[-1]
+                else:
+                    messages = [out := client.predict(user, query, 5, "", api_name="/recommend")]
+            except Exception as exc:
+                with lock:
+                    errors.append(f"{user}: {type(exc).__name__}: {exc}")
+                continue
+            dt = time.perf_counter() - t0
+            ids = [x["item_id"] for x in out["recommendations"]]
+            bad = [
+                b["item_id"] for x in out["recommendations"] for b in x["because"] if b["item_id"] not in liked[user]
+            ]
+            changed = any([x["item_id"] for x in m["recommendations"]] != ids for m in messages)
+            with lock:
+                latencies.append(dt)
+                if first is not None:
+                    first_tokens.append(first)
+                if out["user_id"] != user or bad or changed:
+                    leaks.append(f"{user}: {bad}")
+                for x in out["recommendations"]:
+                    if x.get("blurb"):
+                        blurbs += 1
+                        templated += x.get("blurb_source") == "template"
+        client.close()
+
+    threads = [threading.Thread(target=session, args=(u,)) for u in users]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=seconds + 300)
+    return {
+        "sessions": len(users),
+        "turns": len(latencies),
+        "turns_per_s": round(len(latencies) / seconds, 2),
+        "p50_s": percentile(latencies, 0.5),
+        "p95_s": percentile(latencies, 0.95),
+        "first_token_p50_s": percentile(first_tokens, 0.5),
+        "template_share": round(templated / blurbs, 3) if blurbs else None,
+        "errors": len(errors),
+        "cross_session_leaks": len(leaks),
+        "first_errors": errors[:3],
+    }
+
+
+def generation_ratio(data_dir: str, requests: int = 20, k: int = 5) -> dict[str, Any]:
+    """Tokens/s of one generate over ``requests`` x ``k`` prompts against ``requests`` calls of ``k``."""
+    from recbot import Recommender
+    from recbot.generation.writer import GPT2Writer, resolve_generator
+
+    with Recommender.open(data_dir) as rec:
+        writer = GPT2Writer.load(resolve_generator(rec.settings), rec.settings)
+        users = rec.users()
+        catalog = rec.catalog()
+        jobs = []
+        for n in range(requests):
+            user = users[n % len(users)]
+            recs = rec.recommend(user, k=k, blurbs=False)
+            jobs.append(writer.jobs(rec.history(user), recs, catalog))
+    n = writer.settings.num_candidates
+
+    def call(group: list[Any]) -> int:
+        out = writer.generate_now(
+            [j.prompt.text for j in group],
+            num_return_sequences=n,
+            sources=[j.source for j in group],
+            supports=[j.support for j in group],
+            leads=[j.prompt.opening for j in group],
+            options=[j.options for j in group] if writer.frames else None,
+        )
+        return sum(len(writer.tokenizer(c).input_ids) for cands in out for c in cands)
+
+    t0 = time.perf_counter()
+    sequential = sum(call(group) for group in jobs)
+    t_seq = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    batched = call([j for group in jobs for j in group])
+    t_batch = time.perf_counter() - t0
+    return {
+        "prompts": requests * k,
+        "candidates_each": n,
+        "sequential_tokens_per_s": round(sequential / t_seq, 1),
+        "batched_tokens_per_s": round(batched / t_batch, 1),
+        "ratio": round((batched / t_batch) / (sequential / t_seq), 2),
+        "sequential_s": round(t_seq, 2),
+        "batched_s": round(t_batch, 2),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default=".recbot")
-    parser.add_argument("--sessions", type=int, default=20)
-    parser.add_argument("--seconds", type=float, default=60.0)
-    parser.add_argument("--no-blurbs", action="store_true")
+    parser.add_argument("--sessions", default="1,5,20", help="comma-separated session counts")
+    parser.add_argument("--seconds", type=float, default=20.0, help="per cell")
+    parser.add_argument("--only", choices=list(MODES), action="append", help="run these modes only")
+    parser.add_argument("--no-ratio", action="store_true", help="skip the generation-level ratio")
+    parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     os.environ["HF_HUB_OFFLINE"] = "1"
-    from gradio_client import Client
-
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     from recbot import Recommender
 
-    # enough distinct users: the data dir's own, then new ones with a few likes each
+    counts = [int(c) for c in args.sessions.split(",")]
     rec = Recommender.open(args.data_dir)
-    users = rec.users()[: args.sessions]
-    items = sorted(rec.storage.items())
+    users = rec.users()[: max(counts)]
+    items = sorted(rec.catalog())
     rng = random.Random(0)
-    for n in range(args.sessions - len(users)):
+    for n in range(max(counts) - len(users)):  # enough distinct users: new ones with a few likes each
         user = f"load-{n}"
-        for item in rng.sample(items, 5):
-            rec.add_feedback(user, item, liked=True)
+        if not rec.history(user):
+            for item in rng.sample(items, 5):
+                rec.add_feedback(user, item, liked=True)
         users.append(user)
-    liked = {u: {i.id for i, h in rec.history(u) if h.rating is None or h.rating >= 4} for u in users}
+    liked = {u: {i.id for i, h in rec.history(u) if h.liked} for u in users}
     rec.close()
 
-    port = free_port()
-    cmd = [sys.executable, "-m", "recbot.cli", "--data-dir", args.data_dir, "chat", "--port", str(port)]
-    if args.no_blurbs:
-        cmd.append("--no-blurbs")
-    started = time.perf_counter()
-    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        url = f"http://127.0.0.1:{port}/"
-        while True:
+    results: dict[str, Any] = {"seconds_per_cell": args.seconds, "modes": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for mode in args.only or list(MODES):
+            server, url, ready = start_server(args.data_dir, mode, Path(tmp))
             try:
-                with urllib.request.urlopen(url, timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                if time.perf_counter() - started > 120:
-                    raise SystemExit("the page did not come up within 120 s") from None
-                time.sleep(0.1)
-        ready = time.perf_counter() - started
+                cells = [run_cell(url, users[:c], liked, args.seconds, stream=mode != "no-blurbs") for c in counts]
+            finally:
+                server.terminate()
+                server.wait(timeout=30)
+            results["modes"][mode] = {"page_ready_s": round(ready, 1), "cells": cells}
+            print(f"{mode}: done", file=sys.stderr)
+    if not args.no_ratio:
+        results["generation_ratio"] = generation_ratio(args.data_dir)
 
-        latencies: list[float] = []
-        errors: list[str] = []
-        leaks: list[str] = []
-        lock = threading.Lock()
-        deadline = time.perf_counter() + args.seconds
-
-        def session(user: str) -> None:
-            client = Client(url, verbose=False)
-            r = random.Random(user)
-            while time.perf_counter() < deadline:
-                t0 = time.perf_counter()
-                try:
-                    out = client.predict(user_id=user, query=r.choice(QUERIES), k=5, category="", api_name="/recommend")
-                except Exception as exc:
-                    with lock:
-                        errors.append(f"{user}: {exc}")
-                    continue
-                dt = time.perf_counter() - t0
-                bad = [
-                    b["item_id"]
-                    for x in out["recommendations"]
-                    for b in x["because"]
-                    if b["item_id"] not in liked[user]
-                ]
-                with lock:
-                    latencies.append(dt)
-                    if out["user_id"] != user or bad:
-                        leaks.append(f"{user}: {bad}")
-            client.close()
-
-        threads = [threading.Thread(target=session, args=(u,)) for u in users]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=args.seconds + 300)
-        lat = sorted(latencies)
-        print(
-            json.dumps(
-                {
-                    "sessions": len(users),
-                    "seconds": args.seconds,
-                    "blurbs": not args.no_blurbs,
-                    "page_ready_s": round(ready, 2),
-                    "turns": len(lat),
-                    "errors": len(errors),
-                    "cross_user_leaks": len(leaks),
-                    "p50_s": round(statistics.median(lat), 3) if lat else None,
-                    "p95_s": round(lat[int(0.95 * (len(lat) - 1))], 3) if lat else None,
-                    "turns_per_s": round(len(lat) / args.seconds, 2),
-                    "first_errors": errors[:3],
-                },
-                indent=2,
+    print("| mode | sessions | turns | turns/s | p50 s | p95 s | first token p50 s | template share | errors | leaks |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for mode, m in results["modes"].items():
+        for c in m["cells"]:
+            print(
+                f"| {mode} | {c['sessions']} | {c['turns']} | {c['turns_per_s']} | {c['p50_s']} | {c['p95_s']} "
+                f"| {c['first_token_p50_s']} | {c['template_share']} | {c['errors']} | {c['cross_session_leaks']} |"
             )
+    if "generation_ratio" in results:
+        g = results["generation_ratio"]
+        print(
+            f"\ngeneration: one call of {g['prompts']} prompts x {g['candidates_each']} candidates "
+            f"{g['batched_tokens_per_s']} tokens/s vs 20 calls of 5: {g['sequential_tokens_per_s']} tokens/s "
+            f"(x{g['ratio']})"
         )
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    print(json.dumps(results, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

@@ -271,3 +271,32 @@ def test_a_full_queue_answers_busy_with_marked_templates_at_once(toy_recommender
     streamed = [u.done for u in lazy.stream(history, recs, catalog) if u.done]
     assert all(d.blurb_note.startswith("templated: busy") for d in streamed) and len(streamed) == 2
     hold.join(timeout=60)
+
+
+def test_new_text_repetition_matches_a_plain_reference() -> None:
+    """The vectorised processor against the obvious loops: a repetition penalty once per
+    generated token, and no n-gram of the generated text twice."""
+    import torch
+
+    from recbot.generation.writer import _NewTextRepetition
+
+    def reference(ids: torch.Tensor, scores: torch.Tensor, prompt: int, n: int, penalty: float) -> torch.Tensor:
+        out = scores.clone()
+        for r, row in enumerate(ids[:, prompt:].tolist()):
+            for t in set(row):
+                v = out[r, t]
+                out[r, t] = v / penalty if v > 0 else v * penalty
+            if n > 0 and len(row) >= n:
+                last = row[len(row) - n + 1 :] if n > 1 else []
+                for i in range(len(row) - n + 1):
+                    if row[i : i + n - 1] == last:
+                        out[r, row[i + n - 1]] = float("-inf")
+        return out
+
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(100):
+        length = int(torch.randint(0, 12, (1,), generator=gen))
+        ids = torch.randint(0, 7, (4, 3 + length), generator=gen)
+        scores = torch.randn(4, 7, generator=gen)
+        for n in (0, 1, 2, 3):
+            assert torch.equal(_NewTextRepetition(3, n, 1.2)(ids, scores), reference(ids, scores, 3, n, 1.2))

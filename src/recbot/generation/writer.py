@@ -591,20 +591,22 @@ class _RowSampler:
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         import torch
 
+        rows = scores.shape[0]
+        logp = torch.log_softmax(scores.float() / self.temperature, dim=-1)
+        if self.top_p < 1.0:  # nucleus: drop the tail beyond top_p (the most likely token always stays)
+            sorted_logp, order = torch.sort(logp, dim=-1, descending=True)
+            sorted_p = sorted_logp.exp()
+            drop = (torch.cumsum(sorted_p, dim=-1) - sorted_p) >= self.top_p
+            logp = logp.scatter(1, order, sorted_logp.masked_fill(drop, float("-inf")))
+        # Gumbel-max: argmax(log p + Gumbel noise) is a draw from p; each row's noise comes
+        # from its own generator, so one row's draw never depends on the others
+        uniform = torch.stack([torch.rand(scores.shape[1], generator=g) for g in self.generators[:rows]])
+        gumbel = -torch.log(-torch.log(uniform.clamp(1e-20, 1.0 - 1e-7)))
+        token = (logp + gumbel).argmax(dim=-1)
         out = torch.full_like(scores, float("-inf"))
-        probs = torch.softmax(scores.float() / self.temperature, dim=-1)
-        for r, generator in enumerate(self.generators[: scores.shape[0]]):
-            p = probs[r]
-            if not torch.isfinite(p).all() or float(p.sum()) <= 0:  # nothing allowed: leave it to greedy
-                out[r] = scores[r]
-                continue
-            if self.top_p < 1.0:
-                sorted_p, order = torch.sort(p, descending=True)
-                drop = (torch.cumsum(sorted_p, 0) - sorted_p) >= self.top_p  # always keeps the most likely
-                p = p.clone()
-                p[order[drop]] = 0.0
-            token = int(torch.multinomial(p, 1, generator=generator))
-            out[r, token] = 0.0
+        out[torch.arange(rows), token] = 0.0
+        stuck = ~torch.isfinite(logp).any(dim=-1)  # nothing allowed: leave the row to greedy as it is
+        out[stuck] = scores[stuck]
         return out
 
 
@@ -620,23 +622,23 @@ class _NewTextRepetition:
         import torch
 
         new = input_ids[:, self.prompt_len :]
-        if new.shape[1] == 0:
+        length = new.shape[1]
+        if length == 0:
             return scores
+        new = new.clamp(max=scores.shape[-1] - 1)
         scores = scores.clone()
-        for r, row in enumerate(new.tolist()):
-            if self.penalty != 1.0:
-                seen = [t for t in set(row) if t < scores.shape[-1]]
-                vals = scores[r, seen]
-                scores[r, seen] = torch.where(vals > 0, vals / self.penalty, vals * self.penalty)
-            if self.n > 0 and len(row) >= self.n:
-                prefix = tuple(row[-(self.n - 1) :]) if self.n > 1 else ()
-                banned = [
-                    row[i + self.n - 1]
-                    for i in range(len(row) - self.n + 1)
-                    if tuple(row[i : i + self.n - 1]) == prefix
-                ]
-                if banned:
-                    scores[r, banned] = float("-inf")
+        if self.penalty != 1.0:  # every generated token once, as transformers' RepetitionPenalty does
+            vals = scores.gather(1, new)
+            scores.scatter_(1, new, torch.where(vals > 0, vals / self.penalty, vals * self.penalty))
+        n = self.n
+        if n == 1:
+            scores.scatter_(1, new, float("-inf"))
+        elif n > 1 and length >= n:
+            prefix = new[:, length - (n - 1) :]  # the last n-1 tokens
+            windows = new.unfold(1, n - 1, 1)[:, : length - n + 1]  # every earlier (n-1)-gram ...
+            follows = new[:, n - 1 :]  # ... and the token after it
+            rows, cols = (windows == prefix[:, None, :]).all(dim=-1).nonzero(as_tuple=True)
+            scores[rows, follows[rows, cols]] = float("-inf")
         return scores
 
 
