@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
@@ -52,6 +53,8 @@ from recbot.types import BlurbUpdate, Interaction, Item, Recommendation
 
 if TYPE_CHECKING:
     from recbot.generation.train import TrainConfig, TrainReport
+
+_ASK_CACHE = 1024  # ask texts whose vectors are kept
 
 __all__ = ["STRATEGY_TEXT", "BlurbWriter", "Recommendations", "Recommender", "Strategy"]
 
@@ -144,6 +147,8 @@ class Recommender:
         self._collab: tuple[Snapshot, CollabModel] | None = None  # fitted on the stored interactions
         self._ask_index: AskIndex | None = None  # the catalog's titles, categories and tags, for asks
         self._name_vectors: dict[str, np.ndarray] = {}  # category/tag name -> BERT vector, for asks
+        self._ask_vectors: dict[str, np.ndarray] = {}  # recent ask texts -> BERT vector (insertion order)
+        self._cache_lock = threading.Lock()
 
     @classmethod
     def open(
@@ -554,13 +559,26 @@ class Recommender:
         return merged
 
     def _encode(self, texts: list[str]) -> np.ndarray:
-        """The encoder, with its failures as ``EncoderError`` (a clear cause, never a stray traceback)."""
-        try:
+        """The encoder, with its failures as ``EncoderError`` (a clear cause, never a stray
+        traceback). Asks repeat ("something fun", "a gift"): the last ``_ASK_CACHE`` texts'
+        vectors are kept (the encoder is deterministic, so the answer is the same)."""
+        missing = [t for t in dict.fromkeys(texts) if t not in self._ask_vectors]
+        if missing:
+            try:
+                encoded = self.embedder.encode(missing, show_progress=False)
+            except RecbotError:
+                raise
+            except Exception as exc:
+                raise EncoderError(f"the encoder failed on the ask ({type(exc).__name__}: {exc})") from exc
+            with self._cache_lock:
+                for text, vec in zip(missing, encoded, strict=True):
+                    self._ask_vectors[text] = vec
+                while len(self._ask_vectors) > _ASK_CACHE:
+                    self._ask_vectors.pop(next(iter(self._ask_vectors)))
+        ready = [v for v in (self._ask_vectors.get(t) for t in texts) if v is not None]
+        if len(ready) < len(texts):  # evicted meanwhile by another thread: encode directly
             return self.embedder.encode(texts, show_progress=False)
-        except RecbotError:
-            raise
-        except Exception as exc:
-            raise EncoderError(f"the encoder failed on the ask ({type(exc).__name__}: {exc})") from exc
+        return np.stack(ready)
 
     def _name_similarity(self, phrase: str, names: Sequence[str]) -> list[float]:
         """BERT cosine of ``phrase`` to each of ``names`` (category or tag names, embedded once),

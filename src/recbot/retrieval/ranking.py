@@ -27,7 +27,7 @@ def mmr(vectors: np.ndarray, relevance: np.ndarray, k: int, lambda_: float) -> l
     if k <= 0:
         return []
     rel = np.asarray(relevance, dtype=np.float64)
-    sims = np.asarray(vectors, dtype=np.float64) @ np.asarray(vectors, dtype=np.float64).T
+    vecs = np.asarray(vectors, dtype=np.float64)  # similarities to the k picked only, not all m x m
     picked: list[int] = []
     max_sim = np.full(m, -np.inf)
     available = np.ones(m, dtype=bool)
@@ -38,7 +38,7 @@ def mmr(vectors: np.ndarray, relevance: np.ndarray, k: int, lambda_: float) -> l
         j = int(np.argmax(score))
         picked.append(j)
         available[j] = False
-        max_sim = np.maximum(max_sim, sims[j])
+        max_sim = np.maximum(max_sim, vecs @ vecs[j])
     return picked
 
 
