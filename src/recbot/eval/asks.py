@@ -383,7 +383,7 @@ def run_asks(recommender: Recommender, cases: Sequence[AskCase], *, k: int = 5) 
         ``{"cases", "k", "modes": {mode: {"satisfied", "satisfied_n", "failures",
         "relaxed", "latency_ms": {"p50", "p95"}, "failing": [...]}}, "interpret_ms": {"p50", "p95"}}``.
     """
-    catalog = recommender.storage.items()
+    catalog = recommender.catalog()
     baselines = {
         user: [r.item.id for r in recommender.recommend(user, query=None, k=k, blurbs=False)]
         for user in dict.fromkeys(c.user for c in cases if c.vague)
@@ -429,9 +429,8 @@ def ask_report(
     """
     cases = load_cases(cases_file) if cases_file is not None else []
     if generated:
-        storage = recommender.storage
         cases += generated_cases(
-            storage.items(), storage.users(), n=generated, seed=seed, popularity=storage.popularity()
+            recommender.catalog(), recommender.users(), n=generated, seed=seed, popularity=recommender.popularity()
         )
     if not cases:
         raise ValueError("no asks to run: give a cases file, or --generated N on a catalog with genre tags and users")
