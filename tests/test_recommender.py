@@ -179,3 +179,13 @@ def test_a_thumbs_up_reaches_the_collaborative_model_without_reingesting(toy_rec
     toy_recommender.add_feedback("fan2", "s1", liked=True)
     toy_recommender.add_feedback("fan2", "s4", liked=True)
     assert together(toy_recommender) == before + 1
+
+
+@pytest.mark.parametrize("exact_max_items", [10_000, 0])  # the in-memory index, then Chroma's where
+def test_popular_answers_use_the_stores_filters(make_recommender, toy_files, exact_max_items: int) -> None:
+    rec = make_recommender(exact_search_max_items=exact_max_items)
+    rec.ingest(toy_files[0], interactions=toy_files[1])
+    popular = rec.recommend("nobody", k=5, filters={"tags": "baking"})
+    assert popular.strategy == "popular" and popular
+    assert all("baking" in r.item.tags for r in popular)
+    assert {r.item.id for r in rec.recommend("nobody", k=5, category="outdoors")} == {"h1", "h2"}

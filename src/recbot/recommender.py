@@ -41,7 +41,6 @@ from recbot.serving import (
     excluded_by,
     explain,
     has_hard_constraints,
-    matches,
     merge_follow_up,
     store_failures,
     too_close,
@@ -701,7 +700,8 @@ class Recommender:
         if self._popularity is None:
             self._popularity = self.storage.popularity()
         pop = self._popularity
-        ids = [i for i in catalog if i not in exclude and matches(catalog[i], filters)]
+        allowed = self.store.ids_where(filters) if filters else list(catalog)
+        ids = [i for i in allowed if i in catalog and i not in exclude]
         ids.sort(key=lambda i: (-pop.get(i, 0), i))
         ids = ids[: self.settings.candidates]
         top = max((pop.get(i, 0) for i in ids), default=0) or 1

@@ -4,7 +4,7 @@
    previous constraints (``merge_follow_up``), the filters it implies (``type_tag``,
    ``check_filter_fields``), what it rules out (``excluded_by``);
 2. **candidates** -- the hybrid's scores with the ask's facts (``with_facts``), or the vector
-   store's nearest items, or popularity (``matches`` filters those);
+   store's nearest items, or popularity (the store applies filters: ``ids_where``);
 3. **rank** -- candidates too close to a negated phrase dropped (``too_close``), then MMR;
 4. **explain** -- "because you liked X" for each pick (``explain``);
 5. **blurbs** -- the writer's, after the list.
@@ -43,7 +43,6 @@ __all__ = [
     "excluded_by",
     "explain",
     "has_hard_constraints",
-    "matches",
     "merge_follow_up",
     "store_failures",
     "too_close",
@@ -165,19 +164,6 @@ def excluded_by(understood: Interpretation, catalog: Mapping[str, Item], *, asks
     if tags:
         out |= {i for i, it in catalog.items() if it.category in cats or tags & {t.casefold() for t in it.tags}}
     return out
-
-
-def matches(item: Item, filters: Mapping[str, Any]) -> bool:
-    for name, value in filters.items():
-        if name == "category":
-            if item.category != value:
-                return False
-        elif name == "tags":
-            if value not in item.tags:
-                return False
-        elif item.metadata.get(name) != value:
-            return False
-    return True
 
 
 def merge_follow_up(understood: Interpretation, context: Interpretation | None) -> Interpretation:

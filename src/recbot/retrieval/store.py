@@ -49,6 +49,7 @@ class VectorStore(Protocol):
     def refresh(self) -> None: ...
     def ids(self) -> list[str]: ...
     def exact_view(self) -> Snapshot | None: ...
+    def ids_where(self, filters: Filters) -> list[str]: ...
     def close(self) -> None: ...
 
 
@@ -244,19 +245,22 @@ class ChromaStore:
                     break
         return hits
 
+    def ids_where(self, filters: Filters) -> list[str]:
+        """Every item id that matches ``filters`` (``category`` equal, ``tags`` containing, any
+        other metadata field equal): the in-memory index up to ``exact_max_items``, Chroma's
+        ``where`` beyond. The one place filters are interpreted (``search`` uses the same two)."""
+        if self.count() <= self.exact_max_items:
+            snap = self.snapshot()
+            rows = snap.rows_where(filters) if filters else None
+            return list(snap.ids) if rows is None else [snap.ids[r] for r in rows]
+        got = self.collection.get(where=_chroma_where(filters), include=[])
+        return list(got["ids"])
+
     def _search_ann(self, vector: np.ndarray, n: int, filters: Filters | None, exclude: frozenset[str]) -> list[Hit]:
-        clauses: list[dict[str, Any]] = [
-            {k: {"$contains": v}} if k == "tags" else {k: v} for k, v in (filters or {}).items()
-        ]
-        where: dict[str, Any] | None = None
-        if len(clauses) == 1:
-            where = clauses[0]
-        elif clauses:
-            where = {"$and": clauses}
         got = self.collection.query(
             query_embeddings=np.asarray(vector, dtype=np.float32)[None, :],
             n_results=n + len(exclude),
-            where=where,
+            where=_chroma_where(filters or {}),
             include=["distances"],
         )
         hits = [
@@ -265,6 +269,14 @@ class ChromaStore:
             if i not in exclude
         ]
         return hits[:n]
+
+
+def _chroma_where(filters: Filters) -> dict[str, Any] | None:
+    """``filters`` as a Chroma ``where`` clause: tags by ``$contains``, the rest by equality."""
+    clauses: list[dict[str, Any]] = [{k: {"$contains": v}} if k == "tags" else {k: v} for k, v in filters.items()]
+    if not clauses:
+        return None
+    return clauses[0] if len(clauses) == 1 else {"$and": clauses}
 
 
 def _clean_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
