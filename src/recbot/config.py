@@ -61,7 +61,10 @@ class Settings:
     generation_batch: int = 32  # prompts per generate call when writing for many users at once
     # serving: concurrent blurb requests share generate calls (recbot.generation.batching); -1: off
     generation_window_ms: float = 30.0  # how long a request waits for company
-    generation_batch_rows: int = 320  # prompts x candidates in one generate call at most
+    # prompts x candidates in one generate call at most. Measured on 2 cores with the demo
+    # generator (benchmarks/load.py's ratio, 100 prompts x 3): 15 rows 1108 tokens/s, 30 rows
+    # 1277, 60 rows 1221, 120 rows 1160, 300 rows 686 -- bigger batches are slower here.
+    generation_batch_rows: int = 60
     generation_queue_rows: int = 1200  # rows allowed to wait; more gets template blurbs marked "busy"
 
     @classmethod

@@ -103,7 +103,7 @@ class Batcher:
     """
 
     def __init__(
-        self, writer: GPT2Writer, *, window_s: float = 0.03, max_rows: int = 320, max_queue_rows: int = 1200
+        self, writer: GPT2Writer, *, window_s: float = 0.03, max_rows: int = 60, max_queue_rows: int = 1200
     ) -> None:
         self.writer = writer
         self.window_s = window_s
