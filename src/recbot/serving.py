@@ -204,9 +204,9 @@ def explain(
     n: int,
     together: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[Reason, ...]:
-    """ "Because you liked X": the liked history items that contributed most to the item of ``vector``
-    (``top_reasons``), each with the signal that weighed most. ``together``: the hybrid's
-    (users with both, item-kNN cosine) per history item."""
+    """The "because you liked X" reasons: the liked history items that contributed most to
+    the item of ``vector`` (``top_reasons``), each with the signal that weighed most.
+    ``together``: the hybrid's (users with both, item-kNN cosine) per history item."""
     counts, extra = together if together is not None else (np.zeros(len(history)), None)
     positive = np.where(weights > 0, weights, 0.0)
     return tuple(
