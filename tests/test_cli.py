@@ -272,3 +272,34 @@ def test_demo_users_get_different_lists_with_reasons(tmp_path: Path, capsys, tin
         assert {r["item_id"] for r in recs}.isdisjoint(histories[user])
         lists[user] = {r["item_id"] for r in recs}
     assert lists["u2"].isdisjoint(lists["u4"]) and lists["u1"].isdisjoint(lists["u5"])
+
+
+def test_forget_removes_every_row_of_the_user_and_marks_the_generator(tmp_path: Path, tiny_bert, capsys) -> None:
+    import sqlite3
+
+    data = cli_ingest(tmp_path, tiny_bert)
+    generator = Path(data) / "generator"
+    generator.mkdir()
+    (generator / "card.json").write_text(json.dumps({"targets": "facts"}))
+    corpus = ["space robots explore stars", "great bread from a small oven", "loved the robots so much in it"]
+    (generator / "fluency_corpus.txt").write_text("\n".join(corpus) + "\n")
+    capsys.readouterr()
+    assert main(["--data-dir", data, "forget", "--user", "spacefan"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "forgot spacefan: deleted 2 interactions, 0 feedback, 1 review_vectors row(s) (1 review(s))"
+    assert "its card lists them under forgotten_users" in out[1]
+    db = sqlite3.connect(Path(data) / "recbot.sqlite3")
+    tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    for table in tables:
+        columns = [c[1] for c in db.execute(f"PRAGMA table_info({table})")]
+        if "user_id" in columns:
+            assert db.execute(f"SELECT COUNT(*) FROM {table} WHERE user_id = 'spacefan'").fetchone()[0] == 0, table
+    db.close()
+    for path in Path(data).glob("recbot.sqlite3*"):  # nor left in freed pages or the write-ahead log
+        assert b"loved the robots" not in path.read_bytes(), path
+    assert json.loads((generator / "card.json").read_text())["forgotten_users"] == ["spacefan"]
+    assert "loved the robots" not in (generator / "fluency_corpus.txt").read_text()  # their review, 5 words in a row
+    assert "great bread" in (generator / "fluency_corpus.txt").read_text()  # someone else's stays
+    assert main(["--data-dir", data, "recommend", "--user", "baker", "-k", "2", "--json", "--no-blurbs"]) == 0
+    assert main(["--data-dir", data, "forget", "--user", "spacefan"]) == 1
+    assert capsys.readouterr().err.strip().endswith(f"no rows of user 'spacefan' in {data}: nothing to forget")

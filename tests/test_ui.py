@@ -21,6 +21,7 @@ from tests.conftest import TOY_INTERACTIONS, TOY_ITEMS, KeywordEmbedder, write_j
 EVIL = {"id": "x1", "title": "<img src=x onerror=alert(1)>", "category": "books", "description": "a haunted lighthouse"}
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 OUT = Path(__file__).resolve().parents[1] / "out" / "screenshots"
+WAIT_MS = 120_000  # playwright waits (not timings): a busy 2-core machine can take long to render
 
 
 def _build(tmp: Path, gpt2: Path, items: list | None = None, interactions: list | None = None) -> Recommender:
@@ -230,11 +231,11 @@ def test_browser_session(server: tuple[str, ConnectionLog, Recommender]) -> None
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
         page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
         page.goto(url)
-        page.wait_for_selector("#ask textarea")
+        page.wait_for_selector("#ask textarea", timeout=WAIT_MS)
         page.click("#user-picker input")
         page.keyboard.type("spacefan")
         page.keyboard.press("Enter")
-        page.wait_for_function("document.querySelector('#status').innerText.includes('spacefan')")
+        page.wait_for_function("document.querySelector('#status').innerText.includes('spacefan')", timeout=WAIT_MS)
 
         page.fill("#ask textarea", "space robots")
         page.click("#send")
@@ -247,11 +248,12 @@ def test_browser_session(server: tuple[str, ConnectionLog, Recommender]) -> None
         # each message's thumbs sit in the button bar right after its row
         buttons = row.locator("xpath=following-sibling::div[contains(@class, 'message-buttons')][1]")
         buttons.locator("button[aria-label='Dislike']").click()
-        page.wait_for_function("document.querySelector('#status').innerText.includes('will not be shown')")
+        hidden = "document.querySelector('#status').innerText.includes('will not be shown')"
+        page.wait_for_function(hidden, timeout=WAIT_MS)
 
         page.fill("#ask textarea", "space robots")
         page.click("#send")
-        page.wait_for_function("document.querySelector('#ask textarea').value === ''")  # taken at once
+        page.wait_for_function("document.querySelector('#ask textarea').value === ''", timeout=WAIT_MS)  # taken at once
         page.fill("#ask textarea", "typed while it answers")
         second = _wait_for_answer(page, 2)
         assert second and disliked not in second
@@ -408,11 +410,11 @@ def test_browser_two_turns_with_a_follow_up(tmp_path: Path, tiny_gpt2: Path) -> 
             browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
             page = browser.new_page(viewport={"width": 1280, "height": 1000})
             page.goto(url.rstrip("/"))
-            page.wait_for_selector("#ask textarea")
+            page.wait_for_selector("#ask textarea", timeout=WAIT_MS)
             page.click("#user-picker input")
             page.keyboard.type("gamer")
             page.keyboard.press("Enter")
-            page.wait_for_function("document.querySelector('#status').innerText.includes('gamer')")
+            page.wait_for_function("document.querySelector('#status').innerText.includes('gamer')", timeout=WAIT_MS)
             page.fill("#ask textarea", "a board game, no strategy")
             page.click("#send")
             first = _wait_for_answer(page, 1)
@@ -486,8 +488,8 @@ def test_browser_login_binds_the_user_and_hides_the_picker(logged_in_server: str
         page.fill("input[type=text]", "spacefan")
         page.fill("input[type=password]", "pw-space")
         page.keyboard.press("Enter")
-        page.wait_for_selector("#ask textarea", timeout=60_000)
-        page.wait_for_function("document.querySelector('#status').innerText.includes('spacefan')")
+        page.wait_for_selector("#ask textarea", timeout=WAIT_MS)
+        page.wait_for_function("document.querySelector('#status').innerText.includes('spacefan')", timeout=WAIT_MS)
         assert page.locator("#user-picker").count() == 0
         page.fill("#ask textarea", "something for the kitchen")
         page.click("#send")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from recbot.config import Settings
-from recbot.errors import CatalogError, ConfigError, MissingExtraError, RecbotError
+from recbot.errors import CatalogError, ConfigError, MissingExtraError, RecbotError, UnknownUserError
 
 if TYPE_CHECKING:
     from recbot.recommender import Recommendations, Recommender
@@ -137,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-users", type=int, default=None, help="evaluate a seeded sample of users (quick runs)")
     p.add_argument("--seed", type=int, default=0)
 
+    p = command("forget", "forget a user: their interactions, reviews, feedback and review vectors")
+    p.add_argument("--user", required=True, help="the user id to forget")
+
     p = command("chat", "serve the chat page")
     _chat_args(p)
 
@@ -220,6 +223,15 @@ def cmd_recommend(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps(recs.to_dict(), indent=2, ensure_ascii=False))
     else:
         _print_recs(recs)
+    return 0
+
+
+def cmd_forget(args: argparse.Namespace, settings: Settings) -> int:
+    with _open(settings) as rec:
+        report = rec.forget(args.user)
+    if not any(report.deleted.values()):
+        raise UnknownUserError(f"no rows of user {args.user!r} in {settings.data_dir}: nothing to forget")
+    print("\n".join(report.lines()))
     return 0
 
 
@@ -463,6 +475,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "train-generator": cmd_train_generator,
             "chat": cmd_chat,
             "eval": cmd_eval,
+            "forget": cmd_forget,
             "demo": cmd_demo,
         }[args.command]
         return handler(args, settings)

@@ -15,6 +15,7 @@ exits 1, and the LangChain tool turns them into a ``ToolException``.
     ├── BusyError             the blurb generator's queue is full (surfaces answer with marked templates)
     ├── FilterError           a filter that cannot work: an unknown category or filter field
     ├── UnknownItemError      an item id or title that the catalog does not hold
+    ├── UnknownUserError      a user id the data dir has no rows for (recbot forget)
     └── MissingExtraError     a command needs an optional extra: recbot[ui], recbot[agent], recbot[eval]
 
 A missing or failing *generator* is not an error anywhere: recommendations come back with
@@ -37,6 +38,7 @@ __all__ = [
     "RecbotError",
     "StoreError",
     "UnknownItemError",
+    "UnknownUserError",
 ]
 
 
@@ -113,3 +115,7 @@ class MissingExtraError(RecbotError):
 class BusyError(RecbotError):
     """The blurb generator's queue is full. ``LazyWriter`` answers with template blurbs
     marked ``templated: busy``; the recommendations themselves are never held back."""
+
+
+class UnknownUserError(RecbotError):
+    """A user id with no rows in the data dir."""

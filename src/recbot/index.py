@@ -13,8 +13,11 @@
 
 from __future__ import annotations
 
+import json
+import re
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,7 +34,46 @@ from recbot.types import Interaction
 if TYPE_CHECKING:
     from recbot.generation.train import TrainConfig, TrainReport
 
-__all__ = ["Index"]
+__all__ = ["ForgetReport", "Index"]
+
+_RUN = 5  # words in a row that tie a corpus line to a forgotten review (quotes are shorter runs of it)
+
+
+@dataclass
+class ForgetReport:
+    """What ``Index.forget`` removed."""
+
+    user_id: str
+    deleted: dict[str, int]  # rows per SQLite table
+    reviews: int
+    generator_stale: bool = False
+    corpus_lines_removed: int = 0
+
+    def lines(self) -> list[str]:
+        rows = ", ".join(f"{n} {table}" for table, n in self.deleted.items())
+        out = [f"forgot {self.user_id}: deleted {rows} row(s) ({self.reviews} review(s))"]
+        if self.generator_stale:
+            out.append(
+                f"the generator was trained with their reviews: {self.corpus_lines_removed} line(s) of its fluency "
+                "corpus removed, and its card lists them under forgotten_users; "
+                "run: recbot train-generator to retrain without them"
+            )
+        return out
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"\w+", text.casefold())
+
+
+def _shares_a_run(line: str, review: str) -> bool:
+    """Whether ``line`` holds ``_RUN`` words in a row of ``review`` (or all of a shorter review)."""
+    words = _words(review)
+    n = min(_RUN, len(words))
+    if n == 0:
+        return False
+    grams = {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
+    line_words = _words(line)
+    return any(tuple(line_words[i : i + n]) in grams for i in range(len(line_words) - n + 1))
 
 
 class Index:
@@ -127,6 +169,35 @@ class Index:
         self.storage.remove_interaction(user_id, item_id)
         self.storage.clear_feedback(user_id, item_id)
         self.interactions_changed()
+
+    def forget(self, user_id: str) -> ForgetReport:
+        """Forget ``user_id``: delete their interactions, reviews, feedback and review vectors,
+        refit the collaborative model on the next call (``interactions_changed``), and, if a
+        generator was trained here while they had reviews, take their review text out of its
+        fluency corpus and mark it stale: its card lists them under ``forgotten_users`` until
+        ``train-generator`` retrains without them. Blurbs keep being written meanwhile: a
+        continuation may only use the reader's own review words and the item's facts
+        (``recbot.generation.support``), so another user's review text cannot be quoted."""
+        from recbot.generation.writer import FLUENCY_FILE, GENERATOR_DIR
+
+        reviews = [h.review for h in self.storage.history(user_id) if h.review]
+        deleted = self.storage.forget_user(user_id)
+        self.interactions_changed()
+        report = ForgetReport(user_id, deleted, len(reviews))
+        generator = Path(self.settings.data_dir) / GENERATOR_DIR
+        card = generator / "card.json"
+        if reviews and card.is_file():
+            data = json.loads(card.read_text(encoding="utf-8"))
+            data["forgotten_users"] = sorted({*data.get("forgotten_users", []), user_id})
+            card.write_text(json.dumps(data, indent=2), encoding="utf-8")
+            corpus = generator / FLUENCY_FILE
+            if corpus.is_file():
+                lines = corpus.read_text(encoding="utf-8").splitlines()
+                kept = [line for line in lines if not any(_shares_a_run(line, r) for r in reviews)]
+                corpus.write_text("\n".join(kept) + "\n", encoding="utf-8")
+                report.corpus_lines_removed = len(lines) - len(kept)
+            report.generator_stale = True
+        return report
 
     def interactions_changed(self) -> None:
         """Who liked what changed: readers refit the collaborative model and popularity."""

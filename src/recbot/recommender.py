@@ -24,7 +24,7 @@ from recbot.errors import (
     StoreError,
     UnknownItemError,
 )
-from recbot.index import Index
+from recbot.index import ForgetReport, Index
 from recbot.ingest import IngestReport
 from recbot.retrieval.embedder import BUNDLED_ENCODER_ID, Embedder, LazyEmbedder
 from recbot.retrieval.hybrid import CollabModel, HybridWeights, score_user
@@ -488,6 +488,18 @@ class Recommender:
         """Thumbs up adds the item to the user's history; thumbs down hides it for good.
         The next call here (or in another process) refits the collaborative model."""
         self.index.add_feedback(user_id, item_id, liked)
+
+    def forget(self, user_id: str) -> ForgetReport:
+        """Forget a user (``Index.forget``): every row of theirs goes, the collaborative model
+        is refitted on the next call, and a generator trained on their reviews is marked
+        stale; the served generator is reloaded on the next blurb."""
+        from recbot.generation.writer import LazyWriter
+
+        report = self.index.forget(user_id)
+        if report.generator_stale and isinstance(self.writer, LazyWriter):
+            self.writer = LazyWriter(self.settings)  # its fluency corpus changed
+        self._ask_vectors.clear()  # asks are not per user, but nothing typed before forget is kept
+        return report
 
     def remove_from_history(self, user_id: str, item_id: str) -> None:
         """Forget one item from a user's history (it may be recommended again)."""

@@ -178,6 +178,21 @@ class Storage:
         with self.transaction() as conn:
             conn.execute("DELETE FROM interactions WHERE user_id = ? AND item_id = ?", (user_id, item_id))
 
+    def forget_user(self, user_id: str) -> dict[str, int]:
+        """Delete every row of ``user_id`` (interactions with their reviews, feedback, review
+        vectors), overwriting the freed pages (``secure_delete``) and folding the write-ahead
+        log back, so the text is not left in the file. Returns rows deleted per table."""
+        tables = ("interactions", "feedback", "review_vectors")
+        with self._lock:
+            self._conn.execute("PRAGMA secure_delete = ON")
+        counts: dict[str, int] = {}
+        with self.transaction() as conn:
+            for table in tables:
+                counts[table] = conn.execute(f"DELETE FROM {table} WHERE user_id = ?", (user_id,)).rowcount
+        with self._lock:
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return counts
+
     def users(self) -> list[str]:
         return [r[0] for r in self._query("SELECT DISTINCT user_id FROM interactions ORDER BY user_id")]
 
