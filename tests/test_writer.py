@@ -220,7 +220,7 @@ def test_a_failing_request_in_a_batch_leaves_the_others_correct(toy_recommender,
     results: dict[str, object] = {}
 
     def ask(name: str, prompt: str) -> None:
-        request = GenerateRequest([prompt], 1, None, None, None, None, None, None)
+        request = GenerateRequest([prompt])
         try:
             results[name] = batcher.submit(request)
         except Exception as exc:
@@ -244,23 +244,19 @@ def test_a_full_queue_answers_busy_with_marked_templates_at_once(toy_recommender
 
     writer = GPT2Writer.load(str(tiny_gpt2), Settings.create(max_new_tokens=8))
     batcher = Batcher(writer, max_queue_rows=4, window_s=3.0)  # the first request waits 3 s for company
-    first = threading.Thread(
-        target=batcher.submit, args=(GenerateRequest(["x"] * 4, 1, None, None, None, None, None, None),)
-    )
+    first = threading.Thread(target=batcher.submit, args=(GenerateRequest(["x"] * 4),))
     first.start()
     while not batcher._waiting:
         time.sleep(0.01)
     started = time.perf_counter()
     with pytest.raises(BusyError, match="busy"):
-        batcher.submit(GenerateRequest(["y"], 1, None, None, None, None, None, None))
+        batcher.submit(GenerateRequest(["y"]))
     assert time.perf_counter() - started < 1.0  # at once, not after the queue drains
     first.join(timeout=60)
 
     lazy = LazyWriter(toy_recommender.settings.replace(generator=str(tiny_gpt2), max_new_tokens=8))
     lazy.get().batcher = batcher  # the served writer, with its queue full again
-    hold = threading.Thread(
-        target=batcher.submit, args=(GenerateRequest(["x"] * 4, 1, None, None, None, None, None, None),)
-    )
+    hold = threading.Thread(target=batcher.submit, args=(GenerateRequest(["x"] * 4),))
     hold.start()
     while not batcher._waiting:
         time.sleep(0.01)

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 import numpy as np
 
@@ -58,6 +59,28 @@ _ASK_CACHE = 1024  # ask texts whose vectors are kept
 __all__ = ["STRATEGY_TEXT", "BlurbWriter", "Recommendations", "Recommender", "Strategy"]
 
 logger = logging.getLogger(__name__)
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _index_errors(method: Callable[Concatenate[Recommender, _P], _R]) -> Callable[Concatenate[Recommender, _P], _R]:
+    """What SQLite and Chroma raise mid-request (a deleted or locked file, a Chroma server that
+    is down) becomes ``StoreError``; recbot's own errors pass through."""
+
+    @functools.wraps(method)
+    def wrapper(self: Recommender, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return method(self, *args, **kwargs)
+        except RecbotError:
+            raise
+        except store_failures() as exc:
+            raise StoreError(
+                f"the index in {self.settings.data_dir} could not be read ({type(exc).__name__}: {exc})"
+            ) from exc
+
+    return wrapper
 
 
 class BlurbWriter(Protocol):
@@ -192,6 +215,7 @@ class Recommender:
         self.close()
 
     # -- the core call --
+    @_index_errors
     def recommend(
         self,
         user_id: str,
@@ -244,46 +268,6 @@ class Recommender:
             StoreError: the index (SQLite or Chroma) could not be read.
             EncoderError: the encoder failed on the ask.
         """
-        try:
-            return self._recommend(
-                user_id,
-                query,
-                k,
-                category,
-                filters=filters,
-                blurbs=blurbs,
-                surprise=surprise,
-                previous=previous,
-                relax=relax,
-                exclude_tags=exclude_tags,
-                exclude_categories=exclude_categories,
-                like=like,
-                context=context,
-            )
-        except RecbotError:
-            raise
-        except store_failures() as exc:
-            raise StoreError(
-                f"the index in {self.settings.data_dir} could not be read ({type(exc).__name__}: {exc})"
-            ) from exc
-
-    def _recommend(
-        self,
-        user_id: str,
-        query: str | None = None,
-        k: int | None = None,
-        category: str | None = None,
-        *,
-        filters: Filters | None = None,
-        blurbs: bool = True,
-        surprise: bool = False,
-        previous: Sequence[str] = (),
-        relax: bool = True,
-        exclude_tags: Sequence[str] = (),
-        exclude_categories: Sequence[str] = (),
-        like: Sequence[str] = (),
-        context: Interpretation | None = None,
-    ) -> Recommendations:
         started = time.perf_counter()
         k = self.settings.k if k is None else int(k)
         if k < 1:

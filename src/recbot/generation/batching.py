@@ -42,54 +42,39 @@ logger = logging.getLogger(__name__)
 OnText = Callable[[int, str], None]
 
 
+PER_PROMPT = ("sources", "supports", "leads", "options")  # generate_now's arguments with one value a prompt
+
+
 @dataclass
 class GenerateRequest:
-    """One caller's ``generate``: its prompts and per-prompt constraints, and the future it waits on."""
+    """One caller's ``generate``: its prompts, ``generate_now``'s other keyword arguments
+    (``on_text`` apart), and the future it waits on."""
 
     prompts: list[str]
-    n: int  # candidates per prompt
-    seed: int | None
-    num_beams: int | None
-    sources: list[str] | None
-    supports: list[Any] | None
-    leads: list[str] | None
-    options: list[Any] | None
+    options: dict[str, Any] = field(default_factory=dict)
     on_text: OnText | None = None
     future: Future[list[list[str]]] = field(default_factory=Future)
     queued_at: float = field(default_factory=time.perf_counter)
 
     @property
     def rows(self) -> int:
-        return len(self.prompts) * self.n
+        return len(self.prompts) * int(self.options.get("num_return_sequences", 1))
 
     def key(self) -> tuple[Any, ...]:
-        """Requests with the same key can share one generate call."""
-        return (
-            self.n,
-            self.seed,
-            self.num_beams,
-            self.sources is None,
-            self.supports is None,
-            self.leads is None,
-            self.options is None,
+        """Requests with the same key can share one generate call: the same scalar arguments,
+        and the same per-prompt arguments given."""
+        return tuple(
+            sorted((name, value is None if name in PER_PROMPT else value) for name, value in self.options.items())
         )
 
 
 def _merge(requests: Sequence[GenerateRequest]) -> dict[str, Any]:
-    def cat(name: str) -> list[Any] | None:
-        parts = [getattr(r, name) for r in requests]
-        return None if parts[0] is None else [x for p in parts for x in p]
-
-    first = requests[0]
-    return {
-        "num_return_sequences": first.n,
-        "seed": first.seed,
-        "num_beams": first.num_beams,
-        "sources": cat("sources"),
-        "supports": cat("supports"),
-        "leads": cat("leads"),
-        "options": cat("options"),
-    }
+    """One set of keyword arguments for the requests (same key): per-prompt lists joined."""
+    merged = dict(requests[0].options)
+    for name in PER_PROMPT:
+        if merged.get(name) is not None:
+            merged[name] = [x for r in requests for x in r.options[name]]
+    return merged
 
 
 class Batcher:

@@ -167,22 +167,10 @@ class GPT2Writer:
         return self.job(history, rec, catalog).prompt
 
     # -- step 2: the model --
-    def generate(
-        self,
-        prompts: Sequence[str],
-        *,
-        num_return_sequences: int = 1,
-        seed: int | None = None,
-        sources: Sequence[str] | None = None,
-        supports: Sequence[Support] | None = None,
-        leads: Sequence[str] | None = None,
-        num_beams: int | None = None,
-        options: Sequence[tuple[list[str], list[str]]] | None = None,
-        on_text: Callable[[int, str], None] | None = None,
-    ) -> list[list[str]]:
-        """``generate_now``, through the ``batcher`` when there is one: concurrent callers
-        share one batched generate call (``recbot.generation.batching``), and each gets
-        the text it would get alone (float32).
+    def generate(self, prompts: Sequence[str], **options: Any) -> list[list[str]]:
+        """``generate_now`` (the same keyword arguments), through the ``batcher`` when there
+        is one: concurrent callers share one batched generate call
+        (``recbot.generation.batching``), and each gets the text it would get alone (float32).
 
         Raises:
             BusyError: the batcher's queue is full.
@@ -190,34 +178,11 @@ class GPT2Writer:
         if not prompts:
             return []
         if self.batcher is None:
-            return self.generate_now(
-                prompts,
-                num_return_sequences=num_return_sequences,
-                seed=seed,
-                sources=sources,
-                supports=supports,
-                leads=leads,
-                num_beams=num_beams,
-                options=options,
-                on_text=on_text,
-            )
+            return self.generate_now(prompts, **options)
         from recbot.generation.batching import GenerateRequest
 
-        def listed(values: Sequence[Any] | None) -> list[Any] | None:
-            return None if values is None else list(values)
-
-        request = GenerateRequest(
-            list(prompts),
-            num_return_sequences,
-            seed,
-            num_beams,
-            listed(sources),
-            listed(supports),
-            listed(leads),
-            listed(options),
-            on_text,
-        )
-        return self.batcher.submit(request)
+        on_text = options.pop("on_text", None)
+        return self.batcher.submit(GenerateRequest(list(prompts), options, on_text))
 
     def generate_now(
         self,
