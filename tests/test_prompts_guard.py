@@ -98,3 +98,15 @@ def test_template_always_passes(item: Item) -> None:
     text = template_blurb(item, DUNE if item is not DUNE else WILD, INDEX, allowed={"b1", "b2"})
     assert check_blurb(text, item, INDEX, allowed={"b1", "b2"}, min_words=1).ok, text
     assert fact_continuation(item).startswith(" ")
+
+
+def test_link_frames_take_the_article_the_tag_is_said_with() -> None:
+    from recbot.generation.prompts import article
+
+    spoken = {"adventure": "an", "horror": "a", "ukulele": "a", "umbrella": "an", "unusual": "an", "user": "a"}
+    assert {w: article(w) for w in spoken} == spoken
+    assert {"hour": article("hour"), "one-off": article("one-off"), "indie": article("indie")} == {
+        "hour": "an",
+        "one-off": "a",
+        "indie": "an",
+    }

@@ -141,13 +141,26 @@ def _and(parts: Sequence[str]) -> str:
     return parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} and {parts[-1]}"
 
 
+def _link(frame: str, shared: str) -> str:
+    """A link frame filled: "is also an adventure pick", "is also a horror pick"."""
+    return frame.format(shared=shared, a=article(shared))
+
+
+def article(word: str) -> str:
+    """ "a" or "an" before ``word``, by its spelling: "an adventure", "a ukulele", "a one-off"."""
+    w = word.lower()
+    if re.match(r"u(?!n)[^aeiou\W][aeiou]|uni|eu|one\b", w):  # a "yoo"/"wuh" sound: a ukulele, a user, a one-off
+        return "a"
+    return "an" if w[:1] in ("a", "e", "i", "o", "u") or w.startswith(("hour", "honest")) else "a"
+
+
 # The connective frames a blurb's continuation is taught to use (training targets for
 # catalogs without reviews, and the template). Their words are all in
 # support.CONNECTIVES or filled from the item's and the liked item's facts.
 # Tags are genres ("horror"), moods ("cosy") and things ("guitar"): each frame must read
 # well with all three ("is also guitar", "shares the cosy of that one" and "is video game,
 # like that one" did not).
-LINK_FRAMES = (" is another {shared} pick.", " is also a {shared} pick.")
+LINK_FRAMES = (" is another {shared} pick.", " is also {a} {shared} pick.")
 CATEGORY_FRAMES = (" is another pick from {category}.",)
 PLAIN_FRAMES = (" should suit you.", " is a different direction to try.")
 OWN_WORDS_FRAME = ' You wrote of it: "{words}"'
@@ -175,7 +188,7 @@ def link_sentences(item: Item, because: Item | None) -> list[str]:
     that shares tags is never called "a different direction"."""
     shared = shared_tags(item, because)
     if shared:
-        return sorted({f.format(shared=_and(subset)) for subset in _subsequences(shared) for f in LINK_FRAMES})
+        return sorted({_link(f, _and(subset)) for subset in _subsequences(shared) for f in LINK_FRAMES})
     if because is not None and item.category and because.category == item.category:
         return [f.format(category=clean(item.category, 40)) for f in CATEGORY_FRAMES]
     return list(PLAIN_FRAMES)
@@ -279,7 +292,7 @@ def fact_continuation(
     the template uses 0). Every word is a connective or comes from those facts."""
     shared = shared_tags(item, because)
     if shared:
-        link = LINK_FRAMES[variant % len(LINK_FRAMES)].format(shared=_and(shared))
+        link = _link(LINK_FRAMES[variant % len(LINK_FRAMES)], _and(shared))
     elif because is not None and item.category and because.category == item.category:
         link = CATEGORY_FRAMES[variant % len(CATEGORY_FRAMES)].format(category=clean(item.category, 40))
     else:
