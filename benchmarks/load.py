@@ -5,7 +5,10 @@ Starts `recbot chat` three times on the same data dir (the demo's by default):
 
 - ``one-at-a-time``: blurbs on, generation batching off (``generation_window_ms = -1``: each
   request runs its own generate under the model's lock, as before recbot.generation.batching);
-- ``batched``: blurbs on, the default batching;
+- ``window``: blurbs on, window batching (requests collected for 30 ms, then one generate of
+  at most 60 rows that runs to its end);
+- ``batched``: blurbs on, the default: continuous batching (requests join and leave the
+  running decode between steps);
 - ``no-blurbs``: ``--no-blurbs`` (retrieval only).
 
 For each, and for each session count (1, 5, 20), N concurrent gradio_client sessions (each a
@@ -40,6 +43,7 @@ from typing import Any
 QUERIES = ["something fun", "a cosy evening", "a gift", "something new", "", "more like my favourites", "surprise me"]
 MODES = {  # name -> (extra CLI args, settings TOML)
     "one-at-a-time": ([], "generation_window_ms = -1\n"),
+    "window": ([], 'generation_batching = "window"\ngeneration_batch_rows = 60\n'),
     "batched": ([], ""),
     "no-blurbs": (["--no-blurbs"], ""),
 }

@@ -171,7 +171,7 @@ def server(
     from recbot.ui.app import build_demo
 
     demo = build_demo(rec)
-    demo.queue()
+    demo.queue(default_concurrency_limit=rec.settings.page_concurrency)  # as recbot.ui.app.serve does
     _, url, _ = demo.launch(
         server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True, ssr_mode=False
     )
@@ -270,6 +270,74 @@ def test_browser_session(server: tuple[str, ConnectionLog, Recommender]) -> None
         page.screenshot(path=str(OUT / "chat.png"), full_page=True)
         browser.close()
     assert rec.storage.feedback("spacefan")  # the thumbs-down reached SQLite
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (.ci/run installs it)")
+def test_two_browser_sessions_stream_at_once_each_seeing_only_its_own(
+    server: tuple[str, ConnectionLog, Recommender], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two visitors (separate browser contexts: separate gradio sessions) ask at the same
+    time; their blurbs are decoded in one batch, and each page, watched as it streams,
+    only ever shows its own user's items."""
+    import threading
+
+    from playwright.sync_api import sync_playwright
+
+    url, _, rec = server
+    lazy = rec.writer
+    assert isinstance(lazy, LazyWriter)
+    writer = lazy.get()
+    writer.batcher.window_s = 3.0  # the first ask waits (up to 3 s) for the second: they share the decode
+    finals: dict[str, list[str]] = {}
+    both_done = threading.Barrier(3)
+    real_stream = lazy.stream
+
+    def stream(history, recs, catalog):  # the served stream, noting each turn's finished blurbs
+        blurbs = {}
+        for update in real_stream(history, recs, catalog):
+            if update.done is not None:
+                blurbs[update.index] = update.done.blurb or ""
+            yield update
+        finals[history[0][1].user_id] = [blurbs[i] for i in sorted(blurbs)]
+        both_done.wait(timeout=120)
+
+    watch = """() => { window.seen = [];
+        new MutationObserver(() => window.seen.push(document.querySelector('#chat').innerText))
+            .observe(document.querySelector('#chat'), {subtree: true, childList: true, characterData: true}); }"""
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        pages = {}
+        for user in ("spacefan", "baker"):
+            page = browser.new_context(viewport={"width": 1280, "height": 1000}).new_page()
+            page.goto(url)
+            page.wait_for_selector("#ask textarea", timeout=WAIT_MS)
+            page.click("#user-picker input")
+            page.keyboard.type(user)
+            page.keyboard.press("Enter")
+            page.wait_for_function(f"document.querySelector('#status').innerText.includes('{user}')", timeout=WAIT_MS)
+            page.evaluate(watch)
+            page.fill("#ask textarea", "something good")
+            pages[user] = page
+        monkeypatch.setattr(lazy, "stream", stream)
+        for page in pages.values():
+            page.click("#send")
+        both_done.wait(timeout=120)  # both turns' blurbs are written
+        for user, page in pages.items():
+            page.wait_for_function(
+                "(texts) => texts.every(t => document.querySelector('#chat').innerText.includes(t))",
+                arg=finals[user],
+                timeout=WAIT_MS,
+            )
+        seen = {user: page.evaluate("window.seen") for user, page in pages.items()}
+        shown = {user: set(page.locator("#chat strong").all_inner_texts()) for user, page in pages.items()}
+        browser.close()
+    assert writer.batcher.peak_requests >= 2  # the two turns' blurbs were decoded together
+    for user, other in (("spacefan", "baker"), ("baker", "spacefan")):
+        own = {i.title for i, _ in rec.history(user)}  # a card's "because you liked" names these
+        assert len(shown[user]) == 5 and not shown[user] & own
+        foreign = shown[other] - shown[user] - own
+        assert foreign and len(seen[user]) > 2  # the page changed as it streamed
+        assert not [t for snapshot in seen[user] for t in foreign if t in snapshot]  # never, not even mid-stream
 
 
 def test_gradio_client_api(server: tuple[str, ConnectionLog, Recommender]) -> None:

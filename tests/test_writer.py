@@ -201,40 +201,6 @@ def test_concurrent_requests_share_one_generate_and_get_their_own_blurbs(toy_rec
     assert shared.batcher.batched_requests > shared.batcher.batches  # some generate call served both
 
 
-def test_a_failing_request_in_a_batch_leaves_the_others_correct(toy_recommender, tiny_gpt2, monkeypatch) -> None:
-    import threading
-
-    from recbot.generation.batching import Batcher, GenerateRequest
-
-    writer = GPT2Writer.load(str(tiny_gpt2), Settings.create(max_new_tokens=8, num_candidates=1))
-    batcher = Batcher(writer, window_s=0.5)
-    real = writer.generate_now
-
-    def flaky(prompts, **kwargs):
-        if any("POISON" in p for p in prompts):
-            raise RuntimeError("this prompt breaks the model")
-        return real(prompts, **kwargs)
-
-    monkeypatch.setattr(writer, "generate_now", flaky)
-    good_prompt = "<|item|> Star Voyage <|blurb|> Because you liked Robot Stars, Star Voyage"
-    results: dict[str, object] = {}
-
-    def ask(name: str, prompt: str) -> None:
-        request = GenerateRequest([prompt])
-        try:
-            results[name] = batcher.submit(request)
-        except Exception as exc:
-            results[name] = exc
-
-    threads = [threading.Thread(target=ask, args=a) for a in (("good", good_prompt), ("bad", "POISON " + good_prompt))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
-    assert isinstance(results["bad"], RuntimeError)
-    assert results["good"] == real([good_prompt])
-
-
 def test_a_full_queue_answers_busy_with_marked_templates_at_once(toy_recommender, tiny_gpt2) -> None:
     import threading
     import time

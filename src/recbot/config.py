@@ -59,13 +59,18 @@ class Settings:
     generator_dtype: str = "float32"  # "bfloat16": faster batches on AMX CPUs, but batched text may differ
     max_blurb_chars: int = 320  # longer blurbs are cut at a sentence end
     generation_batch: int = 32  # prompts per generate call when writing for many users at once
-    # serving: concurrent blurb requests share generate calls (recbot.generation.batching); -1: off
-    generation_window_ms: float = 30.0  # how long a request waits for company
-    # prompts x candidates in one generate call at most. Measured on 2 cores with the demo
-    # generator (benchmarks/load.py's ratio, 100 prompts x 3): 15 rows 1108 tokens/s, 30 rows
-    # 1277, 60 rows 1221, 120 rows 1160, 300 rows 686 -- bigger batches are slower here.
-    generation_batch_rows: int = 60
+    # serving: concurrent blurb requests share the model's steps (recbot.generation.batching)
+    generation_batching: str = "continuous"  # or "window"; beam search (temperature 0) is always "window"
+    generation_window_ms: float = 30.0  # how long a request waits for company when nothing runs; -1: no batching
+    # rows (prompts x candidates) decoded together at most. Continuous batching on 2 cores with the
+    # demo generator (20 requests x 5 prompts x 3 candidates, in process): 60 rows 5.8 s, 300 rows 4.2 s;
+    # one request at a time 6.2 s. A row's KV cache is ~2 MB (4 layers x 256 columns), so 300 rows ~0.6 GB.
+    generation_batch_rows: int = 300
     generation_queue_rows: int = 1200  # rows allowed to wait; more gets template blurbs marked "busy"
+    # chat turns the page runs at once (gradio's queue); more wait in its queue. Continuous batching
+    # serves every running turn's blurbs together, so this must cover the sessions served at once
+    # (benchmarks/load.py at 20 sessions: see the README's load table)
+    page_concurrency: int = 32
 
     @classmethod
     def from_toml(cls, path: str | Path, **overrides: Any) -> Settings:
@@ -103,6 +108,8 @@ class Settings:
             raise ConfigError(f"mmr_lambda must lie in [0, 1], got {self.mmr_lambda}")
         if self.k < 1 or self.candidates < 1:
             raise ConfigError("k and candidates must be at least 1")
+        if self.generation_batching not in ("continuous", "window"):
+            raise ConfigError(f"generation_batching must be 'continuous' or 'window', got {self.generation_batching!r}")
         if self.generator_dtype not in ("float32", "bfloat16"):
             raise ConfigError(f"generator_dtype must be 'float32' or 'bfloat16', got {self.generator_dtype!r}")
         if self.num_candidates < 1 or (self.max_new_tokens is not None and self.max_new_tokens < 1):

@@ -1,12 +1,22 @@
-"""Dynamic batching of blurb generation across requests (window batching).
+"""Dynamic batching of blurb generation across requests.
 
 Every ``GPT2Writer.generate`` call — from any chat session, tool call or API request — is
-a *request*: a few prompts, each sampled ``n`` times. A ``Batcher`` owns the model: its
-worker thread takes the waiting requests, waits up to ``window_s`` for more (or until
-``max_rows`` rows are waiting), and decodes them in one batched ``generate``, then hands
-each request its own rows. Because sampling is seeded per row (``writer._RowSampler``) and
-prompts are left-padded with an attention mask, a request gets the same text (float32)
-whatever it was batched with.
+a *request*: a few prompts, each sampled ``n`` times. A ``Batcher`` owns the model; its
+worker thread decodes the waiting requests together, in one of two ways:
+
+- ``continuous`` (the default when sampling): requests join the running decode between
+  two steps and leave it as soon as their rows end, so a request never waits for a batch
+  it was not part of, and rows that ended stop costing compute. Each request keeps its
+  own logits processors and token ids; only the model's forward pass is shared
+  (``decode.RunningBatch``).
+- ``window``: the first waiting request waits up to ``window_s`` for company (or until
+  ``max_rows`` rows are waiting), then all are decoded in one ``generate`` call, which
+  runs to its end before the next batch starts. Beam search (``temperature == 0``) always
+  goes this way.
+
+Because sampling is seeded per row (``writer._RowSampler``) and prompts are left-padded
+with an attention mask, a request gets the same text (float32) whatever it was batched
+with, in either mode.
 
 - Streaming: a request may pass ``on_text(prompt_index, text_so_far)``; the batch's
   streamer routes each row's new tokens to its own request only (candidate 0 of each prompt).
@@ -15,18 +25,17 @@ whatever it was batched with.
 - Failures: if a merged batch fails, each of its requests is retried alone, so one bad
   request fails on its own and the others get their text.
 
-Continuous batching (requests joining a decode already running) is not done: transformers'
-``generate`` runs a batch to its end. A request that arrives during a decode waits for it
-(at most ``max_new_tokens`` steps).
+- Cancelling: a request whose future is cancelled leaves the running batch at the next step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +64,7 @@ class GenerateRequest:
     on_text: OnText | None = None
     future: Future[list[list[str]]] = field(default_factory=Future)
     queued_at: float = field(default_factory=time.perf_counter)
+    queued_step: int = -1  # the continuous batcher's step when it first saw this request
 
     @property
     def rows(self) -> int:
@@ -88,18 +98,30 @@ class Batcher:
     """
 
     def __init__(
-        self, writer: GPT2Writer, *, window_s: float = 0.03, max_rows: int = 60, max_queue_rows: int = 1200
+        self,
+        writer: GPT2Writer,
+        *,
+        window_s: float = 0.03,
+        max_rows: int = 60,
+        max_queue_rows: int = 1200,
+        mode: str = "continuous",
     ) -> None:
+        if mode not in ("continuous", "window"):
+            raise ValueError(f"mode must be 'continuous' or 'window', got {mode!r}")
         self.writer = writer
         self.window_s = window_s
         self.max_rows = max_rows
         self.max_queue_rows = max_queue_rows
+        # beam search reorders whole beams inside generate: it cannot share steps with others
+        self.mode = mode if writer.settings.temperature > 0 else "window"
         self._waiting: list[GenerateRequest] = []
         self._cond = threading.Condition()
         self._closed = False
-        self.batches = 0  # generate calls made (for tests and benchmarks)
+        self.batches = 0  # generate calls (window) or prefills (continuous) made, for tests and benchmarks
         self.batched_requests = 0
-        self._thread = threading.Thread(target=self._run, name="recbot-batcher", daemon=True)
+        self.peak_requests = 0  # the most requests decoded in one step
+        run = self._run_continuous if self.mode == "continuous" else self._run
+        self._thread = threading.Thread(target=run, name="recbot-batcher", daemon=True)
         self._thread.start()
 
     def submit(self, request: GenerateRequest) -> list[list[str]]:
@@ -129,12 +151,7 @@ class Batcher:
                 self._cond.wait()
             if self._closed and not self._waiting:
                 return None
-            deadline = self._waiting[0].queued_at + self.window_s
-            while sum(r.rows for r in self._waiting) < self.max_rows and not self._closed:
-                left = deadline - time.perf_counter()
-                if left <= 0:
-                    break
-                self._cond.wait(left)
+            self._wait_for_company()
             key = self._waiting[0].key()
             batch: list[GenerateRequest] = []
             rows = 0
@@ -144,6 +161,16 @@ class Batcher:
                     rows += r.rows
                     self._waiting.remove(r)
             return batch
+
+    def _wait_for_company(self) -> None:
+        """(Holding the lock) let the first waiting request wait up to ``window_s`` for
+        others, or until ``max_rows`` rows wait."""
+        deadline = self._waiting[0].queued_at + self.window_s
+        while sum(r.rows for r in self._waiting) < self.max_rows and not self._closed:
+            left = deadline - time.perf_counter()
+            if left <= 0:
+                break
+            self._cond.wait(left)
 
     def _run(self) -> None:
         while (batch := self._take()) is not None:
@@ -158,6 +185,7 @@ class Batcher:
     def _decode(self, batch: list[GenerateRequest]) -> None:
         self.batches += 1
         self.batched_requests += len(batch)
+        self.peak_requests = max(self.peak_requests, len(batch))
         offsets, start = [], 0
         for r in batch:
             offsets.append(start)
@@ -188,3 +216,213 @@ class Batcher:
             return
         for r, off in zip(batch, offsets, strict=True):
             r.future.set_result(out[off : off + len(r.prompts)])
+
+    # -- continuous batching --
+    JOIN_AFTER_STEPS = 4  # a request waits at most this many steps to join a running batch ...
+    JOIN_SHARE = 4  # ... unless a 1/JOIN_SHARE of the running rows is waiting (joining copies the cache)
+
+    def _admit(self, running_rows: int, step: int) -> list[GenerateRequest] | None:
+        """The waiting requests that fit beside ``running_rows`` (first come, first in);
+        with nothing running, wait for one and then up to ``window_s`` for company. With
+        rows running, requests join in groups: when enough rows wait, or the oldest has
+        waited ``JOIN_AFTER_STEPS`` steps. None: closed, and nothing left to do."""
+        with self._cond:
+            for r in self._waiting:
+                if r.queued_step < 0:
+                    r.queued_step = step
+            if running_rows == 0:
+                while not self._waiting and not self._closed:
+                    self._cond.wait()
+                if self._closed and not self._waiting:
+                    return None
+                self._wait_for_company()
+            elif not self._waiting or (
+                sum(r.rows for r in self._waiting) * self.JOIN_SHARE < running_rows
+                and step - self._waiting[0].queued_step < self.JOIN_AFTER_STEPS
+            ):
+                return []
+            taken: list[GenerateRequest] = []
+            rows = running_rows
+            while self._waiting:
+                r = self._waiting[0]
+                if rows and rows + r.rows > self.max_rows:
+                    break  # it waits for rows to end; nothing overtakes it
+                self._waiting.pop(0)
+                if r.future.cancelled():
+                    continue
+                taken.append(r)
+                rows += r.rows
+            return taken
+
+    def _run_continuous(self) -> None:
+        import torch
+
+        from recbot.generation.decode import RunningBatch
+
+        writer = self.writer
+        batch = RunningBatch()
+        owners: list[tuple[_Group, int]] = []  # each batch row: its request and its row there
+        groups: list[_Group] = []
+        step = 0
+
+        def live() -> list[int]:
+            return [i for i, (g, row) in enumerate(owners) if not g.done and bool(g.live[row])]
+
+        while (admitted := self._admit(len(live()) if groups else 0, step)) is not None:
+            joining, joined = [], []
+            for request in admitted:
+                try:
+                    group = _Group.start(writer, request)
+                    with writer._lock, torch.inference_mode():
+                        prefix = writer.prefix_cache(request.prompts, group.rows.per_prompt)
+                except BaseException as exc:  # this request fails alone
+                    logger.exception("a blurb request could not start")
+                    request.future.set_exception(exc)
+                    continue
+                joining.append((prefix, group.rows.attention_mask[:, :-1], group.rows.input_ids[:, -1]))
+                joined.append(group)
+            if joining:  # the rows that ended leave in the same copy
+                kept = live()
+                batch.add(joining, torch.tensor(kept, dtype=torch.long))
+                owners = [owners[i] for i in kept] + [(g, row) for g in joined for row in range(g.size)]
+                groups += joined
+                self.batches += 1
+                self.batched_requests += len(joined)
+            if not groups:
+                continue
+            self.peak_requests = max(self.peak_requests, len(groups))
+            try:
+                with writer._lock, torch.inference_mode():
+                    logits = batch.step(writer.model).float()
+            except BaseException as exc:  # the shared step failed: every request in it fails
+                logger.exception("a blurb decoding step failed")
+                for group in groups:
+                    group.fail(exc)
+                batch, owners, groups = RunningBatch(), [], []
+                continue
+            step += 1
+            self._advance(groups, owners, logits, batch)
+            groups = [g for g in groups if not g.done]
+            kept = live()
+            # rows that ended leave when a quarter of the batch has (compacting copies the cache)
+            if not kept or len(owners) - len(kept) >= max(1, len(owners) // 4):
+                batch.keep(torch.tensor(kept, dtype=torch.long))
+                owners = [owners[i] for i in kept]
+
+    @staticmethod
+    def _advance(groups: list[_Group], owners: list[tuple[_Group, int]], logits: Any, batch: Any) -> None:
+        """Each request's processors on its rows of the step's ``logits``, one draw for all
+        rows (each with its own generator: see ``writer._RowSampler``), each request takes
+        its tokens, and the batch feeds them next."""
+        import torch
+
+        from recbot.generation.writer import draw
+
+        where: dict[int, tuple[list[int], list[int]]] = {}
+        for i, (group, row) in enumerate(owners):
+            entry = where.setdefault(id(group), ([], []))
+            entry[0].append(i)
+            entry[1].append(row)
+        scored: list[tuple[_Group, Any, list[int], list[int]]] = []
+        for group in groups:
+            batch_rows, rows = where.get(id(group), ([], []))
+            try:
+                with torch.inference_mode():
+                    scored.append((group, group.scores(logits, batch_rows, rows), batch_rows, rows))
+            except BaseException as exc:  # this request's processors failed: it fails alone
+                logger.exception("a blurb request failed while decoding")
+                group.fail(exc)
+        if not scored:
+            return
+        sampler = scored[0][0].sampler
+        generators = [g for group, *_ in scored for g in group.sampler.generators]
+        drawn = draw(torch.cat([s for _, s, *_ in scored]), generators, sampler.temperature, sampler.top_p)
+        tokens = drawn.argmax(dim=-1)
+        start = 0
+        for group, _, batch_rows, rows in scored:
+            mine = group.accept(tokens[start : start + group.size])
+            start += group.size
+            batch.feed[batch_rows] = mine[rows]
+
+
+@dataclass
+class _Group:
+    """One request's rows in a continuous batch: its token ids so far (as ``generate``
+    would hold them for this request alone), its processors, which rows still run."""
+
+    request: GenerateRequest
+    writer: GPT2Writer
+    rows: Any  # decode.PreparedRows
+    ids: Any  # [rows, prompt + generated]
+    live: Any  # [rows] bool
+    streamer: Any
+    before: Any  # the processors but the sampler
+    sampler: Any  # writer._RowSampler
+    steps: int = 0
+    done: bool = False
+
+    @classmethod
+    def start(cls, writer: GPT2Writer, request: GenerateRequest) -> _Group:
+        import torch
+        from transformers import LogitsProcessorList
+
+        from recbot.generation.writer import _RowSampler, _RowStreamer
+
+        rows = writer.prepare(request.prompts, **request.options)
+        streamer = None
+        if request.on_text is not None:
+            streamer = _RowStreamer(writer.tokenizer, rows.per_prompt, _safe(request.on_text))
+            streamer.put(rows.input_ids)  # the prompt, as generate hands it first
+        live = torch.ones(rows.input_ids.shape[0], dtype=torch.bool)
+        *before, sampler = rows.processors
+        if not isinstance(sampler, _RowSampler):
+            raise TypeError("continuous batching needs sampled rows (temperature > 0)")
+        return cls(request, writer, rows, rows.input_ids, live, streamer, LogitsProcessorList(before), sampler)
+
+    @property
+    def size(self) -> int:
+        return int(self.ids.shape[0])
+
+    def scores(self, logits: Any, batch_rows: list[int], rows: list[int]) -> Any:
+        """This request's scores for the next token, from the shared step's ``logits``:
+        its processors applied, all but the sampler (rows that ended get zeros)."""
+        scores = logits.new_zeros((self.size, logits.shape[1]))
+        scores[rows] = logits[batch_rows]
+        return self.before(self.ids, scores)
+
+    def accept(self, drawn: Any) -> Any:
+        """Take the drawn tokens (pad for rows that ended); finish the request when every
+        row has ended or the token budget is spent. Returns the tokens taken."""
+        import torch
+
+        tokenizer = self.writer.tokenizer
+        tokens = torch.where(self.live, drawn, tokenizer.pad_token_id)
+        self.ids = torch.cat([self.ids, tokens[:, None]], dim=1)
+        if self.streamer is not None:
+            self.streamer.put(tokens)
+        self.live &= tokens != tokenizer.eos_token_id
+        self.steps += 1
+        if self.request.future.cancelled():
+            self.done = True
+        elif not self.live.any() or self.steps >= self.writer.max_new_tokens:
+            prompt = self.rows.input_ids.shape[1]
+            texts = self.writer.texts(self.ids[:, prompt:], self.rows.per_prompt)
+            with contextlib.suppress(InvalidStateError):  # cancelled meanwhile
+                self.request.future.set_result(texts)
+            self.done = True
+        return tokens
+
+    def fail(self, exc: BaseException) -> None:
+        if not self.request.future.done():
+            self.request.future.set_exception(exc)
+        self.done = True
+
+
+def _safe(on_text: OnText) -> OnText:
+    def call(prompt: int, text: str) -> None:
+        try:
+            on_text(prompt, text)
+        except Exception:  # a reader that went away must not stop the batch
+            logger.debug("a stream callback failed", exc_info=True)
+
+    return call

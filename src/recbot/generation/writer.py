@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from recbot.config import Settings
 from recbot.errors import BusyError, ModelNotFoundError
+from recbot.generation.decode import PreparedRows, growing_cache, positions
 from recbot.generation.fluency import FluencyModel
 from recbot.generation.guard import OPENING_WORD, TitleIndex, check_blurb, template_blurb
 from recbot.generation.prompts import (
@@ -185,6 +186,45 @@ class GPT2Writer:
         return self.batcher.submit(GenerateRequest(list(prompts), options, on_text))
 
     def generate_now(
+        self, prompts: Sequence[str], *, on_text: Callable[[int, str], None] | None = None, **options: Any
+    ) -> list[list[str]]:
+        """Continuations (new text only) for each prompt, from one batched generate call.
+        ``on_text(prompt, text_so_far)`` is called as each prompt's first candidate grows;
+        ``options`` are ``prepare``'s (``num_return_sequences``, ``seed``, ``sources``, ...).
+        """
+        import torch
+
+        if not prompts:
+            return []
+        rows = self.prepare(prompts, **options)
+        n = int(options.get("num_return_sequences", 1))
+        sample = rows.beams == 1 and self.settings.temperature > 0
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": self.max_new_tokens,
+            "do_sample": False,  # sampling happens in _RowSampler; generate takes its one allowed token
+            "num_return_sequences": 1 if sample else n,
+            "pad_token_id": self.tokenizer.pad_token_id,
+            "eos_token_id": self.tokenizer.eos_token_id,
+            "use_cache": True,
+            "logits_processor": rows.processors,
+        }
+        if not sample:
+            kwargs.update(num_beams=rows.beams, **({"early_stopping": True} if rows.beams > 1 else {}))
+        if on_text is not None and rows.beams == 1:
+            kwargs["streamer"] = _RowStreamer(self.tokenizer, rows.per_prompt, on_text)
+        with self._lock, torch.inference_mode():
+            kwargs["cache"] = self.prefix_cache(prompts, n) if sample and n > 1 else growing_cache()
+            out = self.model.generate(input_ids=rows.input_ids, attention_mask=rows.attention_mask, **kwargs)
+        return self.texts(out[:, rows.input_ids.shape[1] :], n)
+
+    def texts(self, new: Any, n: int) -> list[list[str]]:
+        """Each prompt's ``n`` continuations from the generated token ids (rows in prompt order)."""
+        eos = self.tokenizer.eos_token or ""
+        # what a row holds after its end of text is the batch waiting for others: not its text
+        texts = [t.split(eos, 1)[0] + eos if eos and eos in t else t for t in self.tokenizer.batch_decode(new)]
+        return [texts[i * n : (i + 1) * n] for i in range(len(texts) // n)]
+
+    def prepare(
         self,
         prompts: Sequence[str],
         *,
@@ -195,82 +235,56 @@ class GPT2Writer:
         leads: Sequence[str] | None = None,
         num_beams: int | None = None,
         options: Sequence[tuple[list[str], list[str]]] | None = None,
-        on_text: Callable[[int, str], None] | None = None,
-    ) -> list[list[str]]:
-        """Continuations (new text only) for each prompt, from one batched generate call.
-        ``on_text(prompt, text_so_far)`` is called as each prompt's first candidate grows.
+    ) -> PreparedRows:
+        """What decoding ``prompts`` needs: the left-padded rows (one a candidate when
+        sampling, one a prompt for beam search) and their logits processors, ending with
+        the per-row sampler. ``generate_now`` hands them to ``generate``; the continuous
+        batcher (``recbot.generation.batching``) decodes them beside other requests' rows.
 
-        With ``temperature == 0`` (the default) the candidates are the
-        ``num_return_sequences`` best beams of a beam search (``num_beams``, at least
-        that many); otherwise they are sampled. ``sources`` get a copy bias (their
-        tokens' logits raised by ``settings.copy_bias``); ``supports`` restrict every
-        generated word to that prompt's supported words (``leads``: the text each prompt
-        ends with, so a title's last word is not extended); ``options`` instead hold each
-        continuation to its sentence grammar (``constrain.AllowedSentences``).
-        """
-        import torch
-
-        if not prompts:
-            return []
-        max_prompt = int(self.model.config.n_positions) - self.max_new_tokens
-        sample = self.settings.temperature > 0
+        With ``temperature == 0`` the candidates are the ``num_return_sequences`` best
+        beams of a beam search (``num_beams``, at least that many); otherwise they are
+        sampled. ``sources`` get a copy bias (their tokens' logits raised by
+        ``settings.copy_bias``); ``supports`` restrict every generated word to that
+        prompt's supported words (``leads``: the text each prompt ends with, so a title's
+        last word is not extended); ``options`` instead hold each continuation to its
+        sentence grammar (``constrain.AllowedSentences``)."""
         n = num_return_sequences
+        sample = self.settings.temperature > 0
         # Sampling: each candidate is its own row, drawn by its own generator seeded from
         # (seed, prompt, candidate), so a prompt's blurbs do not depend on what it is batched with.
         texts = [p for p in prompts for _ in range(n)] if sample else list(prompts)
+        max_prompt = int(self.model.config.n_positions) - self.max_new_tokens
         batch = self.tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=max_prompt)
         beams = 1 if sample else max(num_beams or 1, n)
-        kwargs: dict[str, Any] = {
-            "max_new_tokens": self.max_new_tokens,
-            "do_sample": False,  # sampling happens in _RowSampler; generate takes its one allowed token
-            "num_return_sequences": 1 if sample else n,
-            "pad_token_id": self.tokenizer.pad_token_id,
-            "eos_token_id": self.tokenizer.eos_token_id,
-            "use_cache": True,
-        }
-        if not sample:
-            kwargs.update(num_beams=beams, **({"early_stopping": True} if beams > 1 else {}))
         rows = n if sample else beams
         processors = self._processors(batch["input_ids"].shape[1], sources, rows, supports, leads, options)
         if sample:
             base = self.settings.seed if seed is None else seed
             seeds = [row_seed(base, p, j) for p in prompts for j in range(n)]
             processors.append(_RowSampler(seeds, self.settings.temperature, self.settings.top_p))
-        kwargs["logits_processor"] = processors
-        if on_text is not None and beams == 1:
-            kwargs["streamer"] = _RowStreamer(self.tokenizer, rows, on_text)
-        with self._lock, torch.inference_mode():
-            if sample and n > 1 and batch["input_ids"].shape[1] > 1:
-                kwargs["cache"] = self._shared_prefix(prompts, n, max_prompt)
-            out = self.model.generate(**batch, **kwargs)
-        new = out[:, batch["input_ids"].shape[1] :]
-        eos = self.tokenizer.eos_token or ""
-        # what a row holds after its end of text is the batch waiting for others: not its text
-        texts = [t.split(eos, 1)[0] + eos if eos and eos in t else t for t in self.tokenizer.batch_decode(new)]
-        return [texts[i * num_return_sequences : (i + 1) * num_return_sequences] for i in range(len(prompts))]
+        return PreparedRows(batch["input_ids"], batch["attention_mask"], processors, beams, rows)
 
-    def _shared_prefix(self, prompts: Sequence[str], n: int, max_prompt: int) -> Any:
+    def prefix_cache(self, prompts: Sequence[str], n: int) -> Any:
         """The KV cache of each prompt but its last token, computed once and repeated for its
         ``n`` candidate rows: prompts are half the work of a generate call here, and the
         candidates of a prompt share it (generate then reads the cache and runs from the
         last prompt token on). Positions follow the left padding, as generate's own do."""
-        from transformers import DynamicCache
-
+        max_prompt = int(self.model.config.n_positions) - self.max_new_tokens
         unique = self.tokenizer(
             list(prompts), return_tensors="pt", padding=True, truncation=True, max_length=max_prompt
         )
         ids, mask = unique["input_ids"][:, :-1], unique["attention_mask"][:, :-1]
-        positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
-        cache = DynamicCache()
-        self.model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions,
-            cache=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        cache.batch_repeat_interleave(n)
+        cache = growing_cache()
+        if ids.shape[1]:
+            self.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions(mask),
+                cache=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            cache.batch_repeat_interleave(n)
         return cache
 
     def _processors(
@@ -580,25 +594,57 @@ class _RowSampler:
         self.top_p = top_p
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        import torch
+        return draw(scores, self.generators[: scores.shape[0]], self.temperature, self.top_p)
 
-        rows = scores.shape[0]
-        logp = torch.log_softmax(scores.float() / self.temperature, dim=-1)
-        if self.top_p < 1.0:  # nucleus: drop the tail beyond top_p (the most likely token always stays)
-            sorted_logp, order = torch.sort(logp, dim=-1, descending=True)
-            sorted_p = sorted_logp.exp()
-            drop = (torch.cumsum(sorted_p, dim=-1) - sorted_p) >= self.top_p
-            logp = logp.scatter(1, order, sorted_logp.masked_fill(drop, float("-inf")))
-        # Gumbel-max: argmax(log p + Gumbel noise) is a draw from p; each row's noise comes
-        # from its own generator, so one row's draw never depends on the others
-        uniform = torch.stack([torch.rand(scores.shape[1], generator=g) for g in self.generators[:rows]])
-        gumbel = -torch.log(-torch.log(uniform.clamp(1e-20, 1.0 - 1e-7)))
-        token = (logp + gumbel).argmax(dim=-1)
-        out = torch.full_like(scores, float("-inf"))
-        out[torch.arange(rows), token] = 0.0
-        stuck = ~torch.isfinite(logp).any(dim=-1)  # nothing allowed: leave the row to greedy as it is
-        out[stuck] = scores[stuck]
-        return out
+
+NUCLEUS_K = 64  # a nucleus is looked for among a row's 64 most likely tokens first
+
+
+def draw(scores: torch.Tensor, generators: Sequence[torch.Generator], temperature: float, top_p: float) -> torch.Tensor:
+    """``_RowSampler``'s step: row r's token drawn with ``generators[r]``; every other
+    token's score -inf (a row with nothing allowed keeps its scores).
+
+    Nucleus sampling by Gumbel-max: argmax(log p + Gumbel noise) over the nucleus is a draw
+    from it. A row's nucleus is found among its ``NUCLEUS_K`` most likely tokens when their
+    mass reaches ``top_p`` (nearly always: decoding is held to a few allowed words), else
+    over the whole vocabulary; either way the choice, and the noise drawn, depend on that
+    row's logits and generator only, so one row's draw never depends on the others.
+    """
+    import torch
+
+    rows, vocab = scores.shape
+    logp = torch.log_softmax(scores.float() / temperature, dim=-1)
+    k = vocab if top_p >= 1.0 else min(NUCLEUS_K, vocab)
+    top_logp, top = torch.topk(logp, k, dim=-1)  # sorted, most likely first
+    if top_p < 1.0:
+        top_prob = top_logp.exp()
+        drop = (torch.cumsum(top_prob, dim=-1) - top_prob) >= top_p  # the most likely token always stays
+        top_logp = top_logp.masked_fill(drop, float("-inf"))
+        wide = (top_prob.sum(-1) < top_p).tolist()  # the nucleus reaches past the top k
+    else:
+        wide = [False] * rows
+    token = torch.empty(rows, dtype=torch.long)
+    narrow = [r for r in range(rows) if not wide[r]]
+    if narrow:
+        uniform = torch.stack([torch.rand(k, generator=generators[r]) for r in narrow])
+        pick = (top_logp[narrow] + _gumbel(uniform)).argmax(dim=-1)
+        token[narrow] = top[narrow].gather(1, pick[:, None])[:, 0]
+    for r in (r for r in range(rows) if wide[r]):
+        sorted_logp, order = torch.sort(logp[r], descending=True)
+        sorted_p = sorted_logp.exp()
+        kept = sorted_logp.masked_fill((torch.cumsum(sorted_p, 0) - sorted_p) >= top_p, float("-inf"))
+        token[r] = order[(kept + _gumbel(torch.rand(vocab, generator=generators[r]))).argmax()]
+    out = torch.full_like(scores, float("-inf"))
+    out[torch.arange(rows), token] = 0.0
+    stuck = ~torch.isfinite(logp).any(dim=-1)  # nothing allowed: leave the row to greedy as it is
+    out[stuck] = scores[stuck]
+    return out
+
+
+def _gumbel(uniform: torch.Tensor) -> torch.Tensor:
+    import torch
+
+    return -torch.log(-torch.log(uniform.clamp(1e-20, 1.0 - 1e-7)))
 
 
 class _NewTextRepetition:
@@ -740,6 +786,7 @@ class LazyWriter:
                         window_s=self.settings.generation_window_ms / 1000,
                         max_rows=self.settings.generation_batch_rows,
                         max_queue_rows=self.settings.generation_queue_rows,
+                        mode=self.settings.generation_batching,
                     )
                 self._writer = writer
             return self._writer

@@ -233,10 +233,8 @@ def launch(
     check_exposure(host, auth)
     quiet_environment()
     demo = build_demo(recommender, blurbs=blurbs, logged_in=bool(auth))
-    # 4 turns at once: on 2 cores four lists' blurbs (4 x 5 items x 3 candidates = 60 rows) are
-    # about the most one generate call decodes efficiently (see Settings.generation_batch_rows),
-    # and retrieval alone is CPU-bound well before that (benchmarks/load.py)
-    demo.queue(default_concurrency_limit=4)
+    # turns run at once: their blurbs share the generator's steps (Settings.page_concurrency)
+    demo.queue(default_concurrency_limit=recommender.settings.page_concurrency)
     demo.launch(
         server_name=host,
         server_port=port,
