@@ -151,3 +151,18 @@ def test_beam_search_reorders_the_growing_cache_like_a_dynamic_one(tiny_gpt2: Pa
     monkeypatch.setattr(writer_module, "growing_cache", DynamicCache)
     assert writer.generate_now(PROMPTS, num_return_sequences=2, num_beams=3) == growing
     assert len({tuple(c) for c in growing}) == 3
+
+
+def test_one_token_prompts_decode_beside_long_ones(tiny_gpt2: Path) -> None:
+    """A prompt of one token has nothing cached before its first step; it joins a batch
+    (and starts one) all the same."""
+    writer = _writer(tiny_gpt2)
+    one = writer.tokenizer.decode([writer.tokenizer("x").input_ids[0]])
+    expected = {"short": writer.generate_now([one], num_return_sequences=2), "long": writer.generate_now(PROMPTS)}
+    batcher = Batcher(writer, window_s=0.5)
+    results: dict[str, object] = {}
+    _run(
+        threading.Thread(target=_ask, args=(batcher, "short", [one], results)),
+        threading.Thread(target=_ask, args=(batcher, "long", PROMPTS, results), kwargs={"num_return_sequences": 1}),
+    )
+    assert results == expected

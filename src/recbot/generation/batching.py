@@ -260,7 +260,7 @@ class Batcher:
         from recbot.generation.decode import RunningBatch
 
         writer = self.writer
-        batch = RunningBatch()
+        batch = RunningBatch(writer.model)
         owners: list[tuple[_Group, int]] = []  # each batch row: its request and its row there
         groups: list[_Group] = []
         step = 0
@@ -281,11 +281,17 @@ class Batcher:
                     continue
                 joining.append((prefix, group.rows.attention_mask[:, :-1], group.rows.input_ids[:, -1]))
                 joined.append(group)
-            if joining:  # the rows that ended leave in the same copy
-                kept = live()
-                batch.add(joining, torch.tensor(kept, dtype=torch.long))
-                owners = [owners[i] for i in kept] + [(g, row) for g in joined for row in range(g.size)]
+            if joining:  # the rows that ended leave as the new ones join
                 groups += joined
+                try:
+                    order = batch.add(joining, torch.tensor(live(), dtype=torch.long))
+                except BaseException as exc:  # the batch is in no state to go on: its requests fail
+                    logger.exception("blurb requests could not join the batch")
+                    for group in groups:
+                        group.fail(exc)
+                    batch, owners, groups = RunningBatch(writer.model), [], []
+                    continue
+                owners = [owners[i] for i in order] + [(g, row) for g in joined for row in range(g.size)]
                 self.batches += 1
                 self.batched_requests += len(joined)
             if not groups:
@@ -298,16 +304,14 @@ class Batcher:
                 logger.exception("a blurb decoding step failed")
                 for group in groups:
                     group.fail(exc)
-                batch, owners, groups = RunningBatch(), [], []
+                batch, owners, groups = RunningBatch(writer.model), [], []
                 continue
             step += 1
             self._advance(groups, owners, logits, batch)
             groups = [g for g in groups if not g.done]
             kept = live()
-            # rows that ended leave when a quarter of the batch has (compacting copies the cache)
-            if not kept or len(owners) - len(kept) >= max(1, len(owners) // 4):
-                batch.keep(torch.tensor(kept, dtype=torch.long))
-                owners = [owners[i] for i in kept]
+            if len(kept) < len(owners):  # rows that ended leave: rows from the end move into their slots
+                owners = [owners[i] for i in batch.keep(torch.tensor(kept, dtype=torch.long))]
 
     @staticmethod
     def _advance(groups: list[_Group], owners: list[tuple[_Group, int]], logits: Any, batch: Any) -> None:

@@ -125,98 +125,202 @@ def growing_cache() -> Cache:
     return Cache(layer_class_to_replicate=GrowingLayer)
 
 
+class SlotLayer(DynamicLayer):
+    """One model layer's keys and values for a ``RunningBatch``: buffers of row slots x
+    columns, of which the first ``rows`` slots and ``length`` columns are in use. The
+    batch moves rows and columns; the model's ``update`` writes the step's column."""
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        super().__init__()
+        self.is_initialized = True
+        self.k_buf, self.v_buf = k, v
+        self.rows = 0
+        self.length = 0
+
+    def view(self) -> None:
+        self.keys = self.k_buf[: self.rows, :, : self.length]
+        self.values = self.v_buf[: self.rows, :, : self.length]
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        new = key_states.shape[2]
+        self.k_buf[: self.rows, :, self.length : self.length + new] = key_states
+        self.v_buf[: self.rows, :, self.length : self.length + new] = value_states
+        self.length += new
+        self.view()
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+
 class RunningBatch:
-    """The rows being decoded together: their cache, attention mask, position and next
-    input token. Rows are added with their prompts' cache (``add``), advanced one token
-    at a time (``step``) and dropped when done (``keep``); the columns every kept row
-    pads are trimmed, so the cache spans at most the longest live row.
+    """The rows being decoded together, in row slots of preallocated buffers: their keys
+    and values (one ``SlotLayer`` a model layer), attention mask, position and next input
+    token. Rows join with their prompts' cache (``add``), advance one token a step
+    (``step``) and leave (``keep``). Joining writes only the new rows, and leaving moves
+    only the rows that fill the gaps: the cache is never copied whole for a row that
+    comes or goes. All rows share the column axis (left-padded); columns no live row
+    uses are dropped when the buffer is full.
+
+    ``add`` and ``keep`` return the new order of the old rows (``order[i]``: the old row
+    now in slot i), for the caller's bookkeeping.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, model: Any, room: int = 64) -> None:
+        config = model.config
+        self.shape = (int(config.n_layer), int(config.n_head), int(config.n_embd) // int(config.n_head))
+        self.dtype = next(model.parameters()).dtype
+        self.room = room  # spare columns (and rows) a buffer is made with
+        self.layers: list[SlotLayer] = []
         self.cache: Cache | None = None
-        self.mask: torch.Tensor | None = None  # [rows, columns]: 1 where a row has a token
-        self.position: torch.Tensor | None = None  # [rows]: the position of the token fed next
-        self.feed: torch.Tensor | None = None  # [rows]: the token fed next
+        self.mask: torch.Tensor | None = None  # [slots, capacity]: 1 where a row has a token
+        self.position: torch.Tensor | None = None  # [slots]: the position of the token fed next
+        self.feed: torch.Tensor | None = None  # [slots]: the token fed next
+        self.rows = 0
+        self.width = 0  # columns in use
 
-    @property
-    def rows(self) -> int:
-        return 0 if self.feed is None else int(self.feed.shape[0])
+    def _alloc(self, slots: int, columns: int) -> None:
+        """(Re)allocate the buffers for ``slots`` rows and ``columns`` columns, keeping what is in use."""
+        import torch
 
-    def add(self, joining: list[tuple[Cache, torch.Tensor, torch.Tensor]], keep: torch.Tensor | None = None) -> None:
+        layers, heads, head_dim = self.shape
+        shape = (slots, heads, columns, head_dim)
+        old = self.layers
+        self.layers = []
+        for i in range(layers):
+            layer = SlotLayer(torch.zeros(shape, dtype=self.dtype), torch.zeros(shape, dtype=self.dtype))
+            if i < len(old):
+                layer.k_buf[: self.rows, :, : self.width] = old[i].k_buf[: self.rows, :, : self.width]
+                layer.v_buf[: self.rows, :, : self.width] = old[i].v_buf[: self.rows, :, : self.width]
+            self.layers.append(layer)
+        cache = Cache(layers=list(self.layers))
+        self.cache = cache
+        mask = torch.zeros((slots, columns), dtype=torch.long)
+        position = torch.zeros(slots, dtype=torch.long)
+        feed = torch.zeros(slots, dtype=torch.long)
+        if self.mask is not None and self.position is not None and self.feed is not None:
+            mask[: self.rows, : self.width] = self.mask[: self.rows, : self.width]
+            position[: self.rows] = self.position[: self.rows]
+            feed[: self.rows] = self.feed[: self.rows]
+        self.mask, self.position, self.feed = mask, position, feed
+
+    def _sync(self) -> None:
+        for layer in self.layers:
+            layer.rows, layer.length = self.rows, self.width
+            layer.view()
+
+    def _shift(self, by: int) -> None:
+        """Move every row's columns ``by`` to the right (negative: to the left)."""
+        assert self.mask is not None
+        n, w = self.rows, self.width
+        for layer in self.layers:
+            for buf in (layer.k_buf, layer.v_buf):
+                if by > 0:
+                    buf[:n, :, by : w + by] = buf[:n, :, :w].clone()
+                    buf[:n, :, :by] = 0
+                else:
+                    buf[:n, :, : w + by] = buf[:n, :, -by:w].clone()
+        if by > 0:
+            self.mask[:n, by : w + by] = self.mask[:n, :w].clone()
+            self.mask[:n, :by] = 0
+        else:
+            self.mask[:n, : w + by] = self.mask[:n, -by:w].clone()
+            self.mask[:n, w + by : w] = 0
+        self.width += by
+
+    def add(
+        self, joining: list[tuple[Cache, torch.Tensor, torch.Tensor]], keep: torch.Tensor | None = None
+    ) -> list[int]:
         """Append rows, one ``(prefix, mask, last)`` a request: ``prefix`` caches its
         prompts but the last token (``mask`` its columns), ``last`` is each row's last
         prompt token, which the next step feeds. ``keep``: the running rows to keep (all
-        when None). Everything is left-padded to one width and written into one new
-        buffer per layer: one copy of the cache however many join."""
-        import torch
+        when None). Returns the order of the kept old rows (the new rows follow them)."""
+        order = self.keep(keep) if keep is not None else list(range(self.rows))
+        parts = [(_kvs(prefix), mask.long(), last) for prefix, mask, last in joining]
+        widest = max(m.shape[1] for _, m, _ in parts)
+        if self.rows and widest > self.width:  # a longer prompt: every running row moves right
+            self._make_room(widest + 1 - self.width)
+            self._shift(widest - self.width)
+        elif not self.rows:
+            self.width = widest
+        added = sum(m.shape[0] for _, m, _ in parts)
+        slots, columns = (self.mask.shape[0], self.mask.shape[1]) if self.mask is not None else (0, 0)
+        if self.rows + added > slots or self.width + 1 > columns:
+            self._alloc(max(slots, self.rows + added + self.room), self.width + self.room)
+        assert self.mask is not None and self.position is not None and self.feed is not None
+        start = self.rows
+        for kv, mask, last in parts:
+            count, t = mask.shape
+            stop = start + count
+            self.mask[start:stop] = 0
+            self.mask[start:stop, self.width - t : self.width] = mask
+            for layer, (k, v) in zip(self.layers, kv, strict=False):
+                layer.k_buf[start:stop, :, : self.width] = 0
+                layer.v_buf[start:stop, :, : self.width] = 0
+                layer.k_buf[start:stop, :, self.width - t : self.width] = k
+                layer.v_buf[start:stop, :, self.width - t : self.width] = v
+            self.position[start:stop] = mask.sum(-1)  # the last token's position: after the prefix's tokens
+            self.feed[start:stop] = last
+            start = stop
+        self.rows = start
+        self._sync()
+        return order
 
-        parts: list[tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]] = []  # ([(k, v) a layer], mask)
-        positions_, feeds = [], []
-        if self.cache is not None and self.mask is not None and self.feed is not None and self.position is not None:
-            rows = keep if keep is not None else torch.arange(self.rows)
-            layers = [(k[rows], v[rows]) for k, v in _kvs(self.cache)]
-            parts.append((layers, self.mask[rows]))
-            positions_.append(self.position[rows])
-            feeds.append(self.feed[rows])
-        for prefix, mask, last in joining:
-            layers = _kvs(prefix)
-            parts.append((layers, mask.long()))
-            positions_.append(mask.long().sum(-1))  # the last token's position: after the prefix's tokens
-            feeds.append(last)
-        self.position, self.feed = torch.cat(positions_), torch.cat(feeds)
-        width = max(m.shape[1] for _, m in parts)
-        self.mask = torch.cat([torch.nn.functional.pad(m, (width - m.shape[1], 0)) for _, m in parts])
-        self.cache = growing_cache()
-        like = next((layers for layers, _ in parts if layers), None)
-        if like is None or width == 0:
+    def _make_room(self, columns: int) -> None:
+        """At least ``columns`` free columns after the used ones: drop the columns no row
+        uses, else grow the buffers."""
+        assert self.mask is not None
+        if self.width + columns <= self.mask.shape[1]:
             return
-        for i in range(len(like)):
-            k0 = like[i][0]
-            shape = (self.rows, k0.shape[1], width + 64, k0.shape[3])  # room for 64 steps
-            k_buf, v_buf = k0.new_zeros(shape), k0.new_zeros(shape)
-            start = 0
-            for layers, mask in parts:
-                if layers:
-                    k, v = layers[i]
-                    k_buf[start : start + mask.shape[0], :, width - k.shape[2] : width] = k
-                    v_buf[start : start + mask.shape[0], :, width - v.shape[2] : width] = v
-                start += mask.shape[0]
-            layer = GrowingLayer()
-            layer.lazy_initialization(k0, k0)
-            layer._set(k_buf, v_buf, width)
-            self.cache.layers.append(layer)
+        used = self.mask[: self.rows, : self.width].any(dim=0).nonzero()
+        first = int(used[0]) if len(used) else self.width
+        if first:
+            self._shift(-first)
+        if self.width + columns > self.mask.shape[1]:
+            self._alloc(self.mask.shape[0], self.width + columns + self.room)
 
     def step(self, model: Any) -> torch.Tensor:
         """Feed each row its next token; the logits of the next one, ``[rows, vocab]``."""
-        import torch
-
         assert self.mask is not None and self.feed is not None and self.position is not None
-        self.mask = torch.cat([self.mask, self.mask.new_ones((self.rows, 1))], dim=1)
+        self._make_room(1)
+        self._sync()
+        n = self.rows
+        self.mask[:n, self.width] = 1
         out = model(
-            input_ids=self.feed[:, None],
-            attention_mask=self.mask,
-            position_ids=self.position[:, None],
+            input_ids=self.feed[:n, None],
+            attention_mask=self.mask[:n, : self.width + 1],
+            position_ids=self.position[:n, None],
             cache=self.cache,
             use_cache=True,
         )
-        self.position = self.position + 1
+        self.width += 1
+        self.position[:n] += 1
         return out.logits[:, -1, :]
 
-    def keep(self, rows: torch.Tensor) -> None:
-        """Keep only ``rows`` (indices), and trim the columns none of them uses."""
-        assert self.mask is not None and self.feed is not None and self.position is not None
-        if len(rows) == 0:
-            self.cache = self.mask = self.position = self.feed = None
-            return
-        mask = self.mask[rows]
-        used = mask.any(dim=0).nonzero()
-        first = int(used[0]) if len(used) else mask.shape[1]
-        self.mask, self.position, self.feed = mask[:, first:], self.position[rows], self.feed[rows]
-        assert self.cache is not None
-        for layer in self.cache.layers:
-            if isinstance(layer, GrowingLayer) and layer.get_seq_length() > 0:
-                k, v = layer.kv()
-                layer._place(k[rows, :, first:], v[rows, :, first:])
+    def keep(self, rows: torch.Tensor) -> list[int]:
+        """Keep only ``rows`` (indices): the rows past the kept count move into the gaps.
+        Returns the new order (``order[i]``: the old row now in slot i)."""
+        kept = [int(r) for r in rows]
+        count = len(kept)
+        kept_set = set(kept)
+        holes = [i for i in range(count) if i not in kept_set]
+        movers = [r for r in kept if r >= count]
+        order = list(range(count))
+        if holes and self.mask is not None and self.position is not None and self.feed is not None:
+            import torch
+
+            src, dst = torch.tensor(movers), torch.tensor(holes)
+            for layer in self.layers:
+                layer.k_buf[dst] = layer.k_buf[src]
+                layer.v_buf[dst] = layer.v_buf[src]
+            self.mask[dst] = self.mask[src]
+            self.position[dst] = self.position[src]
+            self.feed[dst] = self.feed[src]
+            for h, m in zip(holes, movers, strict=True):
+                order[h] = m
+        self.rows = count
+        self._sync()
+        return order
 
 
 def _kvs(cache: Cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
