@@ -106,6 +106,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", type=int, default=4, help="from scratch: transformer layers")
     p.add_argument("--width", type=int, default=256, help="from scratch: embedding width")
     p.add_argument("--out", type=Path, default=None, help="where to save (default: DATA_DIR/generator)")
+    p.add_argument(
+        "--dp-epsilon",
+        type=float,
+        default=None,
+        metavar="E",
+        help="train with differential privacy (DP-SGD, needs recbot[privacy]) spending at most this epsilon "
+        "per training example; a user with m examples is covered at about m x E",
+    )
+    p.add_argument(
+        "--dp-delta",
+        type=float,
+        default=None,
+        metavar="D",
+        help="with --dp-epsilon: delta (default: the largest power of ten below 1/examples, at most 1e-5)",
+    )
+    p.add_argument(
+        "--dp-max-grad-norm",
+        type=float,
+        default=1.0,
+        metavar="C",
+        help="with --dp-epsilon: clip each example's gradient to this L2 norm (default 1.0)",
+    )
 
     p = command("eval", "offline evaluation: ranking and blurbs on real data (leave-last-out), asks on this data dir")
     p.add_argument("what", choices=["retrieval", "generation", "asks"], help="what to evaluate")
@@ -256,7 +278,12 @@ def cmd_train_generator(args: argparse.Namespace, settings: Settings) -> int:
         augment_per_item=args.augment,
         n_layer=args.layers,
         n_embd=args.width,
+        dp_epsilon=args.dp_epsilon,
+        dp_delta=args.dp_delta,
+        dp_max_grad_norm=args.dp_max_grad_norm,
     )
+    if args.dp_epsilon is not None:
+        require_extra("privacy", "recbot train-generator --dp-epsilon")  # before opening the index
     report = _open(settings).train_generator(config, out_dir=args.out)
     print("\n".join(report.lines()))
     return 0
@@ -398,6 +425,7 @@ EXTRAS = {
     "ui": ("gradio",),
     "agent": ("langchain_core", "pydantic"),
     "eval": ("matplotlib", "sacrebleu", "rouge_score", "sklearn"),
+    "privacy": ("opacus",),
 }
 
 

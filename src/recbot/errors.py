@@ -16,7 +16,8 @@ exits 1, and the LangChain tool turns them into a ``ToolException``.
     ├── FilterError           a filter that cannot work: an unknown category or filter field
     ├── UnknownItemError      an item id or title that the catalog does not hold
     ├── UnknownUserError      a user id the data dir has no rows for (recbot forget)
-    └── MissingExtraError     a command needs an optional extra: recbot[ui], recbot[agent], recbot[eval]
+    └── MissingExtraError     a command needs an optional extra: recbot[ui], recbot[agent], recbot[eval],
+                              recbot[privacy]
 
 A missing or failing *generator* is not an error anywhere: recommendations come back with
 template blurbs marked ``blurb_source="template"`` and one logged notice.

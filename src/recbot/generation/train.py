@@ -22,6 +22,14 @@ With a pretrained GPT-2 (``--base gpt2`` or a path) the model is fine-tuned, wit
 marker tokens added; where none loads (``--base scratch``, or ``auto`` offline), a
 byte-level BPE tokenizer and a small GPT-2 are trained from scratch. ``accelerate``
 runs the loop, so the same command uses a GPU (or several) where there is one.
+
+With ``dp_epsilon`` set (``--dp-epsilon``), training is differentially private (DP-SGD
+through Opacus, ``recbot.generation.privacy``): per-example clipping, Gaussian noise,
+Poisson sampling, float32 on one device, no accelerate, no checkpoints to resume from,
+and the held-out examples do not choose the weights. The guarantee is per training
+example, i.e. per (user, item) text; a user with m examples is covered only at the
+group level (about m·ε). ``card.json`` records the ε actually spent under ``dp`` (null
+without DP).
 """
 
 from __future__ import annotations
@@ -48,7 +56,9 @@ from recbot.generation.prompts import (
     BLURB,
     END,
     ITEM,
+    LINK_FRAMES,
     PAD,
+    PLAIN_FRAMES,
     USER,
     build_prompt,
     clean,
@@ -89,8 +99,13 @@ class TrainConfig:
     augment_per_item: int = 3  # fact-based examples per catalog item
     max_target_chars: int = 220  # of a review used as target
     mixed_precision: str = "no"  # float32: the same weights on any CPU; "auto" (bf16 where supported), "bf16", "fp16"
-    checkpoint_every: int = 200  # steps between resumable checkpoints
+    checkpoint_every: int = 200  # steps between resumable checkpoints (never under DP)
     seed: int = 0
+    # Differential privacy (DP-SGD through Opacus, the 'privacy' extra); None: off.
+    dp_epsilon: float | None = None  # the ε to spend at most, per training example
+    dp_delta: float | None = None  # None: the largest power of ten below 1/examples, at most 1e-5
+    dp_max_grad_norm: float = 1.0  # each example's gradient is clipped to this L2 norm
+    dp_accountant: str = "prv"  # Opacus accountant: "prv" (tighter) or "rdp"
 
 
 # What `recbot demo` trains when no generator exists: a step budget (not a clock) sized
@@ -123,15 +138,28 @@ class TrainReport:
     targets: str = "facts"  # what the model was taught to write: "facts" continuations or "reviews"
     target_tokens: int = 0  # the longest taught continuation, in tokens (the writer's budget)
     config: dict[str, Any] = field(default_factory=dict)
+    dp: dict[str, Any] | None = None  # differential privacy spent (privacy.PrivateTraining.summary); None: off
 
     def lines(self) -> list[str]:
-        return [
+        out = [
             f"generator saved to {self.out_dir} ({self.parameters / 1e6:.1f}M parameters, base: {self.base})",
             f"{self.steps} steps on {self.examples_train} examples in {self.seconds:.0f}s "
             f"(stopped by {self.stopped_by})",
             f"held-out perplexity {self.held_out_perplexity:.1f} on {self.examples_held_out} examples "
             f"(unigram baseline on the same text: {self.unigram_perplexity:.1f})",
         ]
+        if self.dp:
+            out.append(_dp_line(self.dp))
+        return out
+
+
+def _dp_line(dp: Mapping[str, Any]) -> str:
+    return (
+        f"differentially private: epsilon {dp['epsilon']:.2f} spent (target {dp['target_epsilon']:g}) "
+        f"at delta {dp['delta']:g} per training example ({dp['accountant']} accountant, noise multiplier "
+        f"{dp['noise_multiplier']:.3f}, clip {dp['max_grad_norm']:g}); a user with m examples "
+        f"(here up to {dp['examples_per_user_max']}) is covered only at about m x epsilon"
+    )
 
 
 def _variant(user: str, item: str) -> int:
@@ -356,16 +384,33 @@ def train_generator(
     steps, held-out perplexity, time). Checkpoints under ``out_dir.checkpoints`` let
     an interrupted run resume with the same command.
 
+    With ``config.dp_epsilon``, trains with DP-SGD (Opacus): the saved weights are
+    (ε, δ)-differentially private with respect to each *training example* (one user's
+    text about one item), with ε the value spent, recorded in ``card.json`` under ``dp``
+    with δ, the noise multiplier, the clipping norm and the accountant. A user with m
+    examples is protected only at the group level, about m·ε (``dp.examples_per_user_max``
+    gives the largest m). The catalog counts as public; a from-scratch tokenizer and the
+    fluency corpus are then built from it alone. δ defaults to the largest power of ten
+    below 1/(training examples), at most 1e-5. See ``recbot.generation.privacy``.
+
     Raises:
         IndexNotBuiltError: the catalog is empty.
         ModelNotFoundError: an explicit base model cannot be loaded.
+        MissingExtraError: ``dp_epsilon`` is set and Opacus is not installed.
+        ConfigError: a setting that cannot work (a DP setting out of range too).
     """
-    import torch
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
-    from transformers import get_cosine_schedule_with_warmup
 
+    private = config.dp_epsilon is not None
+    if config.dp_epsilon is not None:
+        from recbot.generation.privacy import check_settings, require_opacus
+
+        require_opacus()
+        check_settings(config.dp_epsilon, config.dp_delta, config.dp_max_grad_norm, config.dp_accountant)
+        if config.mixed_precision not in ("no", "auto"):
+            raise ConfigError("DP training runs in float32: leave mixed_precision at 'no'")
+    elif config.dp_delta is not None:
+        raise ConfigError("--dp-delta needs --dp-epsilon")
     if not catalog:
         raise IndexNotBuiltError("no catalog ingested: run recbot ingest first")
     if config.batch_size < 1 or config.epochs < 1:
@@ -378,12 +423,81 @@ def train_generator(
     held = [e for e in examples if e.held_out]
     if not train:
         raise IndexNotBuiltError("no training examples: ingest a catalog and interactions first")
-    corpus = [e.prompt + e.target for e in train] + [i.text for i in catalog.values()]
+    if private:  # a tokenizer learnt from the users' text would carry their rare words outside the guarantee
+        corpus = [i.text for i in catalog.values()] + [
+            build_prompt(i, [], None).text + c for i in catalog.values() for c in _public_continuations(i)
+        ]
+    else:
+        corpus = [e.prompt + e.target for e in train] + [i.text for i in catalog.values()]
     model, tokenizer, base_desc = _load_base(config, corpus)
     pad_id = tokenizer.pad_token_id
     block = min(config.block_size, int(model.config.n_positions))
     train_data = _encode(train, tokenizer, block)
     held_data = _encode(held, tokenizer, block)
+    steps_per_epoch = math.ceil(len(train_data) / config.batch_size)
+    total = steps_per_epoch * config.epochs
+    if config.max_steps is not None:
+        total = min(total, config.max_steps)
+    lr = config.learning_rate or (5e-5 if config.base not in ("scratch",) and base_desc.startswith("fine") else 1e-3)
+    ckpt = out_dir.with_name(out_dir.name + ".checkpoints")
+    dp: dict[str, Any] | None = None
+    if private:
+        most = max(Counter(e.user_id for e in train).values())  # group privacy: a user's examples
+        unwrapped, step, stopped_by, dp = _train_private(model, train_data, pad_id, config, lr, total, most)
+        device = next(unwrapped.parameters()).device
+    else:
+        unwrapped, step, stopped_by, device = _train_accelerated(
+            model, train_data, held_data, pad_id, config, lr, total, steps_per_epoch, ckpt
+        )
+    ppl = _held_out_perplexity(unwrapped, held_data, pad_id, device)
+    targets = [[t for t in y if t != -100] for _, y in train_data]
+    uni = unigram_perplexity(targets, [[t for t in y if t != -100] for _, y in held_data], len(tokenizer))
+    report = TrainReport(
+        out_dir=str(out_dir),
+        base=base_desc,
+        steps=step,
+        examples_train=len(train),
+        examples_held_out=len(held),
+        held_out_perplexity=round(ppl, 2),
+        unigram_perplexity=round(uni, 2),
+        seconds=round(time.perf_counter() - started, 1),
+        parameters=sum(p.numel() for p in unwrapped.parameters()),
+        stopped_by=stopped_by,
+        targets=target_mode(interactions, config),
+        target_tokens=max((sum(1 for t in y if t != -100) for _, y in train_data), default=0),
+        config=asdict(config),
+        dp=dp,
+    )
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    unwrapped.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "card.json").write_text(json.dumps(asdict(report), indent=2))
+    fluency = _public_fluency_texts(catalog) if private else _fluency_texts(catalog, interactions, train)
+    (tmp / FLUENCY_FILE).write_text("\n".join(fluency) + "\n", encoding="utf-8")
+    (tmp / "README.md").write_text(_card(report, catalog, interactions))
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
+    shutil.rmtree(ckpt, ignore_errors=True)
+    return report
+
+
+def _train_accelerated(
+    model: Any,
+    train_data: list[tuple[list[int], list[int]]],
+    held_data: list[tuple[list[int], list[int]]],
+    pad_id: int,
+    config: TrainConfig,
+    lr: float,
+    total: int,
+    steps_per_epoch: int,
+    ckpt: Path,
+) -> tuple[Any, int, str, Any]:
+    """The ordinary loop under accelerate: (unwrapped model, steps, stopped by, device)."""
+    import torch
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+    from transformers import get_cosine_schedule_with_warmup
 
     mp = config.mixed_precision if config.mixed_precision != "auto" else _auto_precision()
     accelerator = Accelerator(mixed_precision=mp)
@@ -395,16 +509,10 @@ def train_generator(
         generator=generator,
         collate_fn=lambda b: _collate(b, pad_id),
     )
-    steps_per_epoch = math.ceil(len(train_data) / config.batch_size)
-    total = steps_per_epoch * config.epochs
-    if config.max_steps is not None:
-        total = min(total, config.max_steps)
-    lr = config.learning_rate or (5e-5 if config.base not in ("scratch",) and base_desc.startswith("fine") else 1e-3)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     scheduler = get_cosine_schedule_with_warmup(optimizer, max(1, total // 20), total)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     device = accelerator.device
-    ckpt = out_dir.with_name(out_dir.name + ".checkpoints")
     step = 0
     if (ckpt / "state.json").exists():
         saved = json.loads((ckpt / "state.json").read_text())
@@ -465,36 +573,111 @@ def train_generator(
         last = math.log(_held_out_perplexity(accelerator.unwrap_model(model), held_data, pad_id, device))
         if best[0] < last:
             accelerator.unwrap_model(model).load_state_dict(best[2])
-    unwrapped = accelerator.unwrap_model(model)
-    ppl = _held_out_perplexity(unwrapped, held_data, pad_id, device)
-    targets = [[t for t in y if t != -100] for _, y in train_data]
-    uni = unigram_perplexity(targets, [[t for t in y if t != -100] for _, y in held_data], len(tokenizer))
-    report = TrainReport(
-        out_dir=str(out_dir),
-        base=base_desc,
-        steps=step,
-        examples_train=len(train),
-        examples_held_out=len(held),
-        held_out_perplexity=round(ppl, 2),
-        unigram_perplexity=round(uni, 2),
-        seconds=round(time.perf_counter() - started, 1),
-        parameters=sum(p.numel() for p in unwrapped.parameters()),
-        stopped_by=stopped_by,
-        targets=target_mode(interactions, config),
-        target_tokens=max((sum(1 for t in y if t != -100) for _, y in train_data), default=0),
-        config=asdict(config),
+    return accelerator.unwrap_model(model), step, stopped_by, device
+
+
+def _train_private(
+    model: Any,
+    train_data: list[tuple[list[int], list[int]]],
+    pad_id: int,
+    config: TrainConfig,
+    lr: float,
+    total: int,
+    examples_per_user_max: int,
+) -> tuple[Any, int, str, dict[str, Any]]:
+    """DP-SGD through Opacus: (plain model, steps, stopped by, the card's ``dp`` entry).
+
+    Opacus must see the raw module, optimizer and loader, so accelerate is not used: one
+    device, float32 (no autocast: per-example gradients and the noise stay in full
+    precision). No checkpoints: a resumed run would restart the accountant. No
+    held-out checks: choosing weights or the stopping step on the held-out examples would
+    release something about them that the accountant does not count.
+    """
+    import torch
+    from tqdm.auto import tqdm
+    from transformers import get_cosine_schedule_with_warmup
+
+    from recbot.generation.privacy import default_delta, make_private, per_example_loss, quiet_opacus
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device=device, dtype=torch.float32)
+    model.train()
+    loader: Any = torch.utils.data.DataLoader(
+        train_data,  # type: ignore[arg-type]
+        batch_size=config.batch_size,  # the expected size of the Poisson batches
+        collate_fn=lambda b: _collate(b, pad_id),
     )
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    unwrapped.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    (tmp / "card.json").write_text(json.dumps(asdict(report), indent=2))
-    (tmp / FLUENCY_FILE).write_text("\n".join(_fluency_texts(catalog, interactions, train)) + "\n", encoding="utf-8")
-    (tmp / "README.md").write_text(_card(report, catalog, interactions))
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
-    shutil.rmtree(ckpt, ignore_errors=True)
-    return report
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, max(1, total // 20), total)
+    delta = config.dp_delta if config.dp_delta is not None else default_delta(len(train_data))
+    assert config.dp_epsilon is not None
+    session = make_private(
+        model,
+        optimizer,
+        loader,
+        target_epsilon=config.dp_epsilon,
+        delta=delta,
+        steps=total,
+        max_grad_norm=config.dp_max_grad_norm,
+        accountant=config.dp_accountant,
+    )
+    logger.info(
+        "DP-SGD: noise multiplier %.3f for %d steps at sample rate %.4f (epsilon <= %g, delta %g)",
+        session.noise_multiplier,
+        total,
+        session.sample_rate,
+        config.dp_epsilon,
+        delta,
+    )
+    stopped_by = "epochs" if config.max_steps is None or total < config.max_steps else "max_steps"
+    show = logger.getEffectiveLevel() <= logging.INFO
+    bar = tqdm(total=total, desc="Training generator (DP-SGD)", unit="step", disable=not show)
+    train_start = time.perf_counter()
+    step = 0
+    try:
+        while step < total and stopped_by != "time_budget":
+            for batch in session.loader:
+                n = batch["input_ids"].shape[0] if isinstance(batch, Mapping) else 0
+                if n == 0:  # an empty Poisson batch still takes its (noise-only) step
+                    session.empty_batch()
+                else:
+                    batch = {k: v.to(device) for k, v in batch.items()}
+                    width = batch["input_ids"].shape[1]
+                    # [n, T], not GPT-2's default [1, T]: Opacus reads dim 0 as the batch
+                    positions = torch.arange(width, device=device).expand(n, width)
+                    logits = model(
+                        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=positions
+                    ).logits
+                    loss = per_example_loss(logits, batch["labels"]).mean()
+                    with quiet_opacus():
+                        loss.backward()
+                session.optimizer.step()  # clip per example, add noise, count the step
+                scheduler.step()
+                session.optimizer.zero_grad()
+                step += 1
+                bar.update(1)
+                if step % 10 == 0 and n:
+                    bar.set_postfix(loss=f"{float(loss.detach()):.3f}", refresh=False)
+                if step >= total:
+                    break
+                if config.time_budget_s is not None and time.perf_counter() - train_start > config.time_budget_s:
+                    stopped_by = "time_budget"
+                    break
+    finally:
+        bar.close()
+        session.close()
+    return model, step, stopped_by, session.summary(step, examples_per_user_max)
+
+
+def _public_continuations(item: Item) -> list[str]:
+    """Every connective frame filled from the catalog alone: no user's words or choices
+    (what a DP run's tokenizer and fluency corpus may see of the frames)."""
+    out = [fact_continuation(item, None, (), variant=v) for v in range(len(PLAIN_FRAMES))]
+    if item.tags:  # the item as its own liked item: every tag shared
+        out += [fact_continuation(item, item, (), variant=v) for v in range(len(LINK_FRAMES))]
+    if item.category:
+        out.append(fact_continuation(item, Item(id="", title="", category=item.category), ()))
+    return out
 
 
 def _fluency_texts(
@@ -508,6 +691,14 @@ def _fluency_texts(
     return [t for t in (*descriptions, *reviews, *frames) if t]
 
 
+def _public_fluency_texts(catalog: Mapping[str, Item]) -> list[str]:
+    """The fluency corpus of a DP run: the catalog's descriptions and the frames filled
+    from the catalog alone, no review or history (it is saved beside the weights)."""
+    descriptions = [clean(i.description) for i in catalog.values() if i.description]
+    frames = sorted({OPENING_WORD + c for i in catalog.values() for c in _public_continuations(i)})
+    return [t for t in (*descriptions, *frames) if t]
+
+
 def _card(report: TrainReport, catalog: Mapping[str, Item], interactions: Sequence[Interaction]) -> str:
     return (
         "# recbot blurb generator\n\n"
@@ -518,4 +709,5 @@ def _card(report: TrainReport, catalog: Mapping[str, Item], interactions: Sequen
         f"- Held-out perplexity (target tokens): {report.held_out_perplexity:.1f}; "
         f"add-one unigram baseline: {report.unigram_perplexity:.1f}.\n"
         "- Prompt frame: see recbot.generation.prompts.\n"
+        + (f"- Privacy: {_dp_line(report.dp)}.\n" if report.dp else "- Privacy: not differentially private.\n")
     )
