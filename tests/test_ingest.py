@@ -59,3 +59,52 @@ def test_changing_encoder_reembeds_everything(make_recommender, toy_files) -> No
     other = KeywordEmbedder("another-encoder")
     report = make_recommender(embedder=other).ingest(toy_files[0])
     assert report.added == 10 and other.texts_encoded == 10
+
+
+def test_an_ingest_killed_midway_resumes_without_embedding_twice(tmp_path: Path, tiny_bert: Path) -> None:
+    """kill -9 a `recbot ingest` part-way; the re-run embeds only what was not recorded,
+    and SQLite and Chroma end up holding exactly the catalog."""
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+    import time
+
+    import chromadb
+
+    words = ["space", "robot", "bread", "oven", "tent", "boots", "galaxy", "film", "cake", "trail"]
+    items = [
+        {"id": f"x{n}", "title": f"Thing {n}", "description": " ".join(words[(n * k) % 10] for k in range(1, 30))}
+        for n in range(6000)
+    ]
+    catalog = write_jsonl(tmp_path / "big.jsonl", items)
+    data = tmp_path / "d"
+    recbot = str(Path(sys.executable).parent / "recbot")
+    cmd = [recbot, "--data-dir", str(data), "--encoder", str(tiny_bert), "ingest", str(catalog), "--json"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def recorded() -> int:
+        try:
+            with sqlite3.connect(f"file:{data / 'recbot.sqlite3'}?mode=ro", uri=True) as conn:
+                return int(conn.execute("SELECT count(*) FROM items").fetchone()[0])
+        except sqlite3.Error:
+            return 0
+
+    deadline = time.monotonic() + 120
+    while recorded() == 0 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    before = recorded()
+    assert 0 < before < len(items), f"the kill did not land mid-ingest ({before} of {len(items)} recorded)"
+
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True)
+    report = json.loads(out.stdout)
+    assert report["unchanged"] == before  # recorded before the kill: not embedded again
+    assert report["added"] == len(items) - before
+    with sqlite3.connect(data / "recbot.sqlite3") as conn:
+        in_sqlite = {row[0] for row in conn.execute("SELECT id FROM items")}
+    client = chromadb.PersistentClient(path=str(data / "chroma"))
+    (collection,) = client.list_collections()
+    in_chroma = set(collection.get(include=[])["ids"])
+    assert in_sqlite == in_chroma == {i["id"] for i in items}

@@ -148,8 +148,7 @@ def _sync_items(
     report.updated = len(changed) - report.added
     report.unchanged = len(items) - len(changed)
     if changed:
-        _embed_and_upsert(changed, hashes, store, embedder)
-        storage.upsert_items((item, hashes[item.id]) for item in changed)
+        _embed_and_upsert(changed, hashes, store, embedder, storage)
     gone = sorted(set(storage.item_hashes()) - set(hashes))
     if gone:
         store.delete(gone)
@@ -157,27 +156,42 @@ def _sync_items(
     report.removed = len(gone)
 
 
-def _embed_and_upsert(items: list[Item], hashes: dict[str, str], store: VectorStore, embedder: Embedder) -> None:
+def _embed_and_upsert(
+    items: list[Item], hashes: dict[str, str], store: VectorStore, embedder: Embedder, storage: Storage
+) -> None:
     """Encode in chunks and upsert each chunk on a background thread while the next one
-    encodes: the Chroma write then costs (almost) no wall time beside the encoder."""
+    encodes: the Chroma write then costs (almost) no wall time beside the encoder.
+
+    Resumable: a chunk is recorded in SQLite as soon as Chroma has it, so an ingest that
+    is killed loses at most the chunks in flight. SQLite never names an item Chroma lacks;
+    Chroma may hold a chunk SQLite does not, which the next run embeds again and upserts
+    over (``_sync_items`` trusts only items both stores have).
+    """
     logger.info("embedding %d items", len(items))
     show = logger.getEffectiveLevel() <= logging.INFO and len(items) > _CHUNK
     with (
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="recbot-upsert") as pool,
         tqdm(total=len(items), desc="Embedding", unit="item", disable=not show) as bar,
     ):
-        pending: Future[None] | None = None
+        pending: tuple[Future[None], list[Item]] | None = None
+
+        def record(done: tuple[Future[None], list[Item]]) -> None:
+            future, chunk = done
+            future.result()  # surface a failed write now
+            storage.upsert_items((item, hashes[item.id]) for item in chunk)
+
         for start in range(0, len(items), _CHUNK):
             chunk = items[start : start + _CHUNK]
             vectors = embedder.encode([item.text for item in chunk], show_progress=False)
             if pending is not None:
-                pending.result()  # surface a failed write now, and keep one write in flight
-            pending = pool.submit(
+                record(pending)  # keep one write in flight
+            future = pool.submit(
                 store.upsert, [i.id for i in chunk], vectors, [_metadata(i, hashes[i.id]) for i in chunk]
             )
+            pending = (future, chunk)
             bar.update(len(chunk))
         if pending is not None:
-            pending.result()
+            record(pending)
 
 
 def _metadata(item: Item, content_hash: str) -> dict[str, object]:
