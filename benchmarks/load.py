@@ -11,7 +11,7 @@ Starts `recbot chat` three times on the same data dir (the demo's by default):
   running decode between steps);
 - ``no-blurbs``: ``--no-blurbs`` (retrieval only).
 
-For each, and for each session count (1, 5, 20), N concurrent gradio_client sessions (each a
+For each, and for each session count (1, 5, 20), N concurrent HTTP sessions (each a
 different user) ask for 5 items for ``--seconds``, through the streaming API
 (``/recommend_stream``) when blurbs are on and ``/recommend`` when off. Reported per cell:
 turns, turns/s, p50/p95 turn latency, p50 time to the first blurb token (the first message
@@ -90,8 +90,60 @@ def has_text(rec: dict[str, Any]) -> bool:
     return bool(blurb.split(rec["title"], 1)[-1].strip(" ,.")) if rec["title"] in blurb else bool(blurb)
 
 
-def run_cell(url: str, users: list[str], liked: dict[str, set[str]], seconds: float, stream: bool) -> dict[str, Any]:
-    from gradio_client import Client
+class HttpSession:
+    """One chat session talking to the page over gradio's HTTP API (POST
+    ``/gradio_api/call/<api>``, then read the event's server-sent events), with one kept-
+    alive connection. gradio_client does the same with far more machinery: measured here
+    it spent 40-76 ms of CPU per turn, 3-10x the page's own, on the same 2 cores, so the
+    load generator was what it measured."""
+
+    def __init__(self, url: str) -> None:
+        import http.client
+        import urllib.parse
+
+        parts = urllib.parse.urlsplit(url)
+        self.conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=300)
+
+    def _request(self, method: str, path: str, body: bytes | None = None) -> Any:
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        self.conn.request(method, path, body=body, headers=headers)
+        return self.conn.getresponse()
+
+    def call(self, api: str, *args: Any) -> Any:
+        """The event's messages as they come (each the endpoint's one output)."""
+        response = self._request("POST", f"/gradio_api/call/{api}", json.dumps({"data": list(args)}).encode())
+        event_id = json.loads(response.read())["event_id"]
+        response = self._request("GET", f"/gradio_api/call/{api}/{event_id}")
+        event = None
+        while line := response.readline():
+            text = line.decode().rstrip("\n")
+            if text.startswith("event: "):
+                event = text[7:]
+            elif text.startswith("data: ") and event in ("generating", "complete"):
+                data = json.loads(text[6:])
+                if data is not None:
+                    yield data[0]
+            elif text.startswith("data: ") and event == "error":
+                raise RuntimeError(text[6:])
+            if event == "complete" and not text:
+                break
+        response.read()
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def cpu_seconds(pid: int) -> float:
+    import psutil
+
+    t = psutil.Process(pid).cpu_times()
+    return float(t.user + t.system)
+
+
+def run_cell(
+    url: str, users: list[str], liked: dict[str, set[str]], seconds: float, stream: bool, server_pid: int
+) -> dict[str, Any]:
+    cpu = (cpu_seconds(server_pid), cpu_seconds(os.getpid()))
 
     latencies: list[float] = []
     first_tokens: list[float] = []
@@ -103,25 +155,24 @@ def run_cell(url: str, users: list[str], liked: dict[str, set[str]], seconds: fl
 
     def session(user: str) -> None:
         nonlocal templated, blurbs
-        client = Client(url, verbose=False)
+        client = HttpSession(url)
         r = random.Random(user)
         while time.perf_counter() < deadline:
             query = r.choice(QUERIES)
             t0 = time.perf_counter()
             first: float | None = None
             try:
-                if stream:
-                    messages = []
-                    for message in client.submit(user, query, 5, "", api_name="/recommend_stream"):
-                        messages.append(message)
-                        if first is None and any(has_text(x) for x in message["recommendations"]):
-                            first = time.perf_counter() - t0
-                    out = messages[-1]
-                else:
-                    messages = [out := client.predict(user, query, 5, "", api_name="/recommend")]
+                messages = []
+                for message in client.call("recommend_stream" if stream else "recommend", user, query, 5, ""):
+                    messages.append(message)
+                    if first is None and any(has_text(x) for x in message["recommendations"]):
+                        first = time.perf_counter() - t0
+                out = messages[-1]
             except Exception as exc:
                 with lock:
                     errors.append(f"{user}: {type(exc).__name__}: {exc}")
+                client.close()
+                client = HttpSession(url)
                 continue
             dt = time.perf_counter() - t0
             ids = [x["item_id"] for x in out["recommendations"]]
@@ -146,6 +197,8 @@ def run_cell(url: str, users: list[str], liked: dict[str, set[str]], seconds: fl
         t.start()
     for t in threads:
         t.join(timeout=seconds + 300)
+    turns = max(1, len(latencies))
+    server_cpu, client_cpu = cpu_seconds(server_pid) - cpu[0], cpu_seconds(os.getpid()) - cpu[1]
     return {
         "sessions": len(users),
         "turns": len(latencies),
@@ -157,6 +210,9 @@ def run_cell(url: str, users: list[str], liked: dict[str, set[str]], seconds: fl
         "errors": len(errors),
         "cross_session_leaks": len(leaks),
         "first_errors": errors[:3],
+        # where the 2 cores went: the page's process and this one (the sessions' clients)
+        "server_cpu_ms_per_turn": round(1000 * server_cpu / turns, 1),
+        "client_cpu_ms_per_turn": round(1000 * client_cpu / turns, 1),
     }
 
 
@@ -236,7 +292,10 @@ def main() -> None:
         for mode in args.only or list(MODES):
             server, url, ready = start_server(args.data_dir, mode, Path(tmp))
             try:
-                cells = [run_cell(url, users[:c], liked, args.seconds, stream=mode != "no-blurbs") for c in counts]
+                cells = [
+                    run_cell(url, users[:c], liked, args.seconds, stream=mode != "no-blurbs", server_pid=server.pid)
+                    for c in counts
+                ]
             finally:
                 server.terminate()
                 server.wait(timeout=30)
@@ -245,13 +304,17 @@ def main() -> None:
     if not args.no_ratio:
         results["generation_ratio"] = generation_ratio(args.data_dir)
 
-    print("| mode | sessions | turns | turns/s | p50 s | p95 s | first token p50 s | template share | errors | leaks |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print(
+        "| mode | sessions | turns | turns/s | p50 s | p95 s | first token p50 s | template share | errors | leaks "
+        "| page CPU ms/turn | clients CPU ms/turn |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for mode, m in results["modes"].items():
         for c in m["cells"]:
             print(
                 f"| {mode} | {c['sessions']} | {c['turns']} | {c['turns_per_s']} | {c['p50_s']} | {c['p95_s']} "
-                f"| {c['first_token_p50_s']} | {c['template_share']} | {c['errors']} | {c['cross_session_leaks']} |"
+                f"| {c['first_token_p50_s']} | {c['template_share']} | {c['errors']} | {c['cross_session_leaks']} "
+                f"| {c['server_cpu_ms_per_turn']} | {c['client_cpu_ms_per_turn']} |"
             )
     if "generation_ratio" in results:
         g = results["generation_ratio"]

@@ -189,3 +189,21 @@ def test_popular_answers_use_the_stores_filters(make_recommender, toy_files, exa
     assert popular.strategy == "popular" and popular
     assert all("baking" in r.item.tags for r in popular)
     assert {r.item.id for r in rec.recommend("nobody", k=5, category="outdoors")} == {"h1", "h2"}
+
+
+def test_the_change_token_moves_on_any_commit_from_any_connection(tmp_path) -> None:
+    """recommend skips its SQLite reads while the token stands still; it must move for a
+    commit through this Storage and through another connection (another process)."""
+    from recbot.storage import Storage
+
+    mine, theirs = Storage(tmp_path / "s.sqlite3"), Storage(tmp_path / "s.sqlite3")
+    mine.set_meta("version", "1")
+    before = mine.change_token()
+    assert mine.change_token() == before  # reading changes nothing
+    mine.get_meta("version")
+    assert mine.change_token() == before
+    theirs.set_meta("version", "2")
+    after = mine.change_token()
+    assert after != before and mine.get_meta("version") == "2"
+    mine.set_meta("interactions", "x")
+    assert mine.change_token() != after

@@ -163,6 +163,7 @@ class Recommender:
         self.embedder = embedder
         self.writer = writer
         self.index = Index(settings, storage=storage, store=store, embedder=embedder)  # every write goes here
+        self._change_token: tuple[int, ...] | None = None
         self._version = storage.get_meta("version")
         self._interactions = storage.get_meta("interactions")  # bumped by feedback (add_feedback)
         self._popularity: dict[str, int] | None = None
@@ -621,6 +622,10 @@ class Recommender:
         raise FilterError(f"unknown category {category!r}; the catalog has {sorted(known)!r}")
 
     def _reload_if_changed(self) -> None:
+        token = self.storage.change_token()
+        if token == self._change_token:  # nothing committed anywhere since the last look
+            return
+        self._change_token = token
         version = self.storage.get_meta("version")
         if version != self._version:
             self._version = version

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -87,6 +88,7 @@ class Storage:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
+        self._writes = 0  # commits through this Storage (see change_token)
         self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
@@ -106,6 +108,7 @@ class Storage:
                 self._conn.execute("ROLLBACK")
                 raise
             self._conn.execute("COMMIT")
+            self._writes += 1
 
     def _query(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
@@ -233,6 +236,21 @@ class Storage:
 
     def review_hashes(self) -> dict[tuple[str, str], str]:
         return {(r[0], r[1]): r[2] for r in self._query("SELECT user_id, item_id, hash FROM review_vectors")}
+
+    def change_token(self) -> tuple[int, ...]:
+        """Changes whenever the database may have changed: a commit through this Storage,
+        or, from any process, the database or its write-ahead log growing or being
+        rewritten (their size and modification time). Reading it takes no lock and no
+        query, so a reader can ask it on every request and read ``meta`` only when it moved."""
+        token = [self._writes]
+        for path in (self.path, self.path.with_name(self.path.name + "-wal")):
+            try:
+                st = os.stat(path)
+            except OSError:
+                token += [-1, -1]
+            else:
+                token += [st.st_size, st.st_mtime_ns]
+        return tuple(token)
 
     # -- meta --
     def get_meta(self, key: str) -> str | None:
