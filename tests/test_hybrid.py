@@ -79,6 +79,30 @@ def test_choose_weights_finds_the_component_that_ranks_the_targets() -> None:
     assert choose_weights(parts, seen, targets, grid={"bert": (1.0,)})[1] == 0.0
 
 
+@pytest.mark.parametrize("search", ["coordinate", "grid"])
+def test_both_searches_find_a_mix_and_coordinate_ascent_scores_few_points(search: str, monkeypatch) -> None:
+    """Two components that each rank half the users' targets: only a mix ranks all.
+    Coordinate ascent finds it too, scoring at most TUNE_PASSES x (grid values) points."""
+    from recbot.retrieval import hybrid
+
+    rng = np.random.default_rng(1)
+    n_users, n_items = 60, 50
+    targets = rng.integers(0, n_items, n_users)
+    a, b = rng.random((n_users, n_items)), rng.random((n_users, n_items))
+    a[np.arange(0, n_users, 2), targets[::2]] = 3.0
+    b[np.arange(1, n_users, 2), targets[1::2]] = 3.0
+    parts = {"knn": a, "ease": b, "popularity": rng.random((n_users, n_items))}
+    grid = {"knn": (0.0, 0.5, 1.0), "ease": (0.0, 0.5, 1.0), "popularity": (0.0, 0.1, 1.0)}
+    scored = []
+    real_blend = hybrid.blend
+    monkeypatch.setattr(hybrid, "blend", lambda *a, **k: scored.append(1) or real_blend(*a, **k))
+    seen = sparse.csr_matrix((n_users, n_items))
+    weights, ndcg = choose_weights(parts, seen, targets, grid=grid, search=search)
+    assert weights.get("knn") and weights.get("ease") and ndcg > 0.9
+    assert len(scored) <= (hybrid.TUNE_PASSES * 9 if search == "coordinate" else 26)
+    assert len(scored) < 26 or search == "grid"
+
+
 def _two_taste_histories(n_users: int) -> dict[str, list[Interaction]]:
     """Half the users take 3 of a, b, c, d in order, the other half 3 of w, x, y, z: a
     user's last item is predictable from the others' co-occurrence, not from the text."""

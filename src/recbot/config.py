@@ -60,6 +60,8 @@ class Settings:
     max_blurb_chars: int = 320  # longer blurbs are cut at a sentence end
     generation_batch: int = 32  # prompts per generate call when writing for many users at once
     # serving: concurrent blurb requests share the model's steps (recbot.generation.batching)
+    # the hybrid's weights: "coordinate" ascent over WEIGHT_GRID (at most 3 x 17 points) or the full "grid" (648)
+    tune_search: str = "coordinate"
     generation_batching: str = "continuous"  # or "window"; beam search (temperature 0) is always "window"
     generation_window_ms: float = 30.0  # how long a request waits for company when nothing runs; -1: no batching
     # rows (prompts x candidates) decoded together at most. Continuous batching on 2 cores with the
@@ -108,6 +110,8 @@ class Settings:
             raise ConfigError(f"mmr_lambda must lie in [0, 1], got {self.mmr_lambda}")
         if self.k < 1 or self.candidates < 1:
             raise ConfigError("k and candidates must be at least 1")
+        if self.tune_search not in ("coordinate", "grid"):
+            raise ConfigError(f"tune_search must be 'coordinate' or 'grid', got {self.tune_search!r}")
         if self.generation_batching not in ("continuous", "window"):
             raise ConfigError(f"generation_batching must be 'continuous' or 'window', got {self.generation_batching!r}")
         if self.generator_dtype not in ("float32", "bfloat16"):

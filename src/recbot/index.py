@@ -134,13 +134,14 @@ class Index:
                 view.ids,
                 view.matrix,
                 seed=self.settings.seed,
+                search=self.settings.tune_search,
                 # tuned with the profile serving uses: reviews, recency and dislikes as configured
                 review_vectors=lambda user: {i: v for i, (_h, v) in self.storage.review_vectors(user).items()},
                 review_weight=self.settings.review_weight,
                 half_life_days=self.settings.recency_half_life_days,
                 dislike_weight=self.settings.dislike_weight,
                 progress=lambda it, n: tqdm(
-                    it, total=n, desc="Choosing weights", unit="grid", disable=not show_progress
+                    it, total=n, desc="Choosing weights", unit="step", disable=not show_progress
                 ),
             )
         self.storage.set_meta("hybrid", chosen.to_json())

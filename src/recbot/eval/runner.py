@@ -102,13 +102,17 @@ def with_mmr(scores: np.ndarray, seen: Any, vectors: np.ndarray, k: int, setting
 
 
 def choose(
-    comp: Components, items: Sequence[str], held: Mapping[str, Any], users: Sequence[str]
+    comp: Components, items: Sequence[str], held: Mapping[str, Any], users: Sequence[str], search: str = "coordinate"
 ) -> tuple[dict[str, float], float]:
-    """Hybrid weights by grid search on the validation split (NDCG@10)."""
+    """Hybrid weights chosen on the validation split (NDCG@10), searched as ``tune`` does."""
     index = {item: j for j, item in enumerate(items)}
     targets = np.array([index[held[u].item_id] for u in users])
     return choose_weights(
-        comp.parts, comp.seen, targets, progress=lambda it, n: tqdm(it, total=n, desc="Choosing weights", unit="grid")
+        comp.parts,
+        comp.seen,
+        targets,
+        search=search,
+        progress=lambda it, n: tqdm(it, total=n, desc="Choosing weights", unit="step"),
     )
 
 
@@ -142,6 +146,7 @@ def run_retrieval(
         data.items,
         data.valid.held_out,
         users,
+        settings.tune_search,
     )
     comp, vectors = _components(data, data.test, users_test, encoder, cache, reviews, settings)
     pop = comp.popularity
