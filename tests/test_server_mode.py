@@ -61,3 +61,27 @@ def test_server_mode_matches_embedded(tmp_path: Path, chroma_server: int, toy_fi
     served.store.exact_max_items = 0
     ann = served.recommend("spacefan", k=3)
     assert [r.item.id for r in ann] == [r.item.id for r in embedded.recommend("spacefan", k=3)]
+
+
+def test_two_recbot_processes_serve_the_same_answers_from_one_chroma_server(
+    tmp_path: Path, chroma_server: int, toy_files, tiny_bert: Path
+) -> None:
+    """Scale-out as the README describes it: one `chroma run` server, one data dir (its
+    SQLite), and separate recbot processes: six processes asking at once (none of them
+    the one that ingested) answer alike."""
+    import json
+
+    recbot = str(Path(sys.executable).parent / "recbot")
+    base = [recbot, "--data-dir", str(tmp_path / "d"), "--encoder", str(tiny_bert)]
+    base += ["--chroma-host", "127.0.0.1", "--chroma-port", str(chroma_server)]
+
+    def run(*args: str) -> str:
+        return subprocess.run([*base, *args], capture_output=True, text=True, timeout=300, check=True).stdout
+
+    run("ingest", str(toy_files[0]), "--interactions", str(toy_files[1]))
+    asks = [("spacefan", []), ("baker", ["--query", "film"]), ("nobody", ["--query", "tent"])]
+    ask = [*base, "recommend", "-k", "4", "--no-blurbs", "--json", "--user"]
+    procs = [subprocess.Popen([*ask, u, *q], stdout=subprocess.PIPE) for _ in range(2) for u, q in asks]
+    answers = [json.loads(p.communicate(timeout=300)[0]) for p in procs]
+    first, second = answers[: len(asks)], answers[len(asks) :]
+    assert first == second and all(a["recommendations"] for a in first)
