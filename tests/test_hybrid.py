@@ -206,3 +206,50 @@ def test_a_lone_user_gets_the_content_ranking(make_recommender, tmp_path: Path) 
 def test_hybrid_weights_from_bad_json_raise(bad: str) -> None:
     with pytest.raises((KeyError, ValueError)):
         HybridWeights.from_json(bad)
+
+
+def test_pool_scores_are_the_served_blend_when_the_pool_and_sample_are_the_catalog() -> None:
+    """The pool path scores a subset with the catalog's statistics; with every item in the
+    pool and in the sample it must give score_user's numbers exactly (up to float)."""
+    from recbot.retrieval.hybrid import CollabModel, pool_scores, score_user
+
+    histories = _two_taste_histories(40)
+    model = CollabModel.fit(histories.values(), ITEMS)
+    rng = np.random.default_rng(3)
+    content, ask = rng.random(len(ITEMS)), rng.random(len(ITEMS))
+    weights = {"knn": 0.5, "transition": 1.0, "bert": 0.25, "popularity": 0.1}
+    history = histories["u001"]
+    parts = {name: m[0] for name, m in model.scores([history], ease=False).items()}
+    every = np.arange(len(ITEMS))
+    np.testing.assert_allclose(
+        pool_scores(parts, weights, every, content, every, content),
+        score_user(model, weights, history, content),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    # score_user z-scores the ask over the catalog; pool_scores takes it z-scored already (by the sample)
+    np.testing.assert_allclose(
+        pool_scores(parts, weights, every, content, every, content, zscore(ask), zscore(ask), 0.6),
+        score_user(model, weights, history, content, ask, 0.6),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    some = every[::3]  # a subset keeps the same numbers for its items
+    np.testing.assert_allclose(
+        pool_scores(parts, weights, some, content[some], every, content),
+        score_user(model, weights, history, content)[some],
+        rtol=1e-5,
+        atol=1e-5,
+    )
+
+
+def test_the_pool_path_gives_the_exact_hybrids_list_on_a_small_catalog(toy_recommender) -> None:
+    """Forced on (``hybrid_pool``), the pool path takes the ANN index and the collaborative
+    model over every item; on a catalog its pool covers, it lists what the exact path lists."""
+    exact = {u: toy_recommender.recommend(u, q, k=4, blurbs=False) for u, q in [("spacefan", None), ("baker", "film")]}
+    toy_recommender.settings = toy_recommender.settings.replace(hybrid_pool=True)
+    for (user, query), before in zip([("spacefan", None), ("baker", "film")], exact.values(), strict=True):
+        pooled = toy_recommender.recommend(user, query, k=4, blurbs=False)
+        assert pooled.strategy == before.strategy.replace("hybrid", "hybrid-pool")
+        assert [r.item.id for r in pooled] == [r.item.id for r in before]
+        assert [b.item_id for r in pooled for b in r.because] == [b.item_id for r in before for b in r.because]

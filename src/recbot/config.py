@@ -38,6 +38,11 @@ class Settings:
     # -- profile and ranking --
     k: int = 5  # recommendations per request
     candidates: int = 100  # retrieved before re-ranking
+    # the hybrid beyond exact_search_max_items (the "pool" path): candidates are the union of
+    # each source's top pool_size (nearest to the profile and to the ask on the ANN index, the
+    # collaborative components' best, the most popular), scored by the same blend
+    pool_size: int = 200
+    hybrid_pool: bool = False  # take the pool path at any size (to measure it against the exact one)
     query_weight: float = 0.6  # share of the free-text ask in the interest vector
     review_weight: float = 0.5  # how much a user's own review moves an item's vector
     recency_half_life_days: float = 365.0  # an interaction this old counts half

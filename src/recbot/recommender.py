@@ -6,8 +6,9 @@ import functools
 import logging
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Protocol, TypeVar
@@ -28,7 +29,7 @@ from recbot.errors import (
 from recbot.index import ForgetReport, Index
 from recbot.ingest import IngestReport
 from recbot.retrieval.embedder import BUNDLED_ENCODER_ID, Embedder, LazyEmbedder
-from recbot.retrieval.hybrid import CollabModel, HybridWeights, score_user
+from recbot.retrieval.hybrid import CollabModel, HybridWeights, pool_scores, score_user
 from recbot.retrieval.profile import blend_query, interest_profile
 from recbot.retrieval.ranking import mmr, unit_range
 from recbot.retrieval.store import ChromaStore, Filters, Snapshot, VectorStore, make_client
@@ -41,6 +42,7 @@ from recbot.serving import (
     check_filter_fields,
     excluded_by,
     explain,
+    fact_scores,
     has_hard_constraints,
     merge_follow_up,
     store_failures,
@@ -59,6 +61,8 @@ _ASK_CACHE = 1024  # ask texts whose vectors are kept
 __all__ = ["STRATEGY_TEXT", "BlurbWriter", "Recommendations", "Recommender", "Strategy"]
 
 logger = logging.getLogger(__name__)
+
+POOL_SAMPLE = 2048  # items whose cosines give the catalog's mean and spread on the pool path
 
 
 _P = ParamSpec("_P")
@@ -168,6 +172,8 @@ class Recommender:
         self._interactions = storage.get_meta("interactions")  # bumped by feedback (add_feedback)
         self._popularity: dict[str, int] | None = None
         self._collab: tuple[Snapshot, CollabModel] | None = None  # fitted on the stored interactions
+        # the pool path's model over every item, its sample's rows and their vectors
+        self._pool: tuple[CollabModel, np.ndarray, np.ndarray] | None = None
         self._ask_index: AskIndex | None = None  # the catalog's titles, categories and tags, for asks
         self._name_vectors: dict[str, np.ndarray] = {}  # category/tag name -> BERT vector, for asks
         self._ask_vectors: dict[str, np.ndarray] = {}  # recent ask texts -> BERT vector (insertion order)
@@ -314,14 +320,27 @@ class Recommender:
 
         # 2. candidates: hybrid scores, else nearest to the target, else popular
         hybrid = self._hybrid() if profile is not None and self.settings.hybrid else None
+        pool = self._pool_model() if hybrid is None and profile is not None and self.settings.hybrid else None
         strategy: Strategy
         score_kind: ScoreKind
-        if hybrid is not None and profile is not None:
-            anchors = understood.anchors if understood is not None else ()
-            wanted = [t for t in understood.tags if t != kind] if understood is not None else []
-            ids, relevance = self._hybrid_candidates(
-                hybrid, history, profile, ask, all_filters, exclude, ask_weight, anchors, wanted, catalog
+        ranking = None
+        if profile is not None:
+            ranking = _Ranking(
+                history,
+                profile,
+                ask,
+                all_filters,
+                exclude,
+                ask_weight,
+                understood.anchors if understood is not None else (),
+                [t for t in understood.tags if t != kind] if understood is not None else [],
+                catalog,
             )
+        if pool is not None and ranking is not None:
+            ids, relevance = self._pool_candidates(pool, ranking)
+            strategy, score_kind = ("hybrid-pool" if ask is None else "hybrid-pool+query"), "hybrid"
+        elif hybrid is not None and ranking is not None:
+            ids, relevance = self._hybrid_candidates(hybrid, ranking)
             strategy, score_kind = ("hybrid" if ask is None else "hybrid+query"), "hybrid"
         elif target is not None:
             hits = self.store.search(target, self.settings.candidates, filters=all_filters or None, exclude=exclude)
@@ -343,14 +362,15 @@ class Recommender:
         ids, relevance = [ids[j] for j in keep], relevance[keep]
         cand = np.stack([vectors[i] for i in ids]) if ids else np.zeros((0, 1), dtype=np.float32)
         lam = self.settings.surprise_mmr_lambda if surprise else self.settings.mmr_lambda
-        order = mmr(cand, unit_range(relevance) if hybrid is not None else relevance, k, lam)
+        order = mmr(cand, unit_range(relevance) if score_kind == "hybrid" else relevance, k, lam)
 
         # 4. explain: "because you liked X", co-occurrence counting as evidence on the hybrid path
         recs = []
         n_reasons = self.settings.reasons_per_item
         for rank, j in enumerate(order, start=1):
             item = catalog[ids[j]]
-            together = hybrid[1].together([h.item_id for h in history], item.id) if hybrid is not None else None
+            collab = hybrid[1] if hybrid is not None else pool
+            together = collab.together([h.item_id for h in history], item.id) if collab is not None else None
             because = explain(cand[j], history, hist_vectors, weights, catalog, n_reasons, together)
             recs.append(Recommendation(item, float(relevance[j]), rank, because, score_kind=score_kind))
         if not recs and relax and understood is not None and has_hard_constraints(understood):
@@ -633,12 +653,14 @@ class Recommender:
             self.storage.invalidate()
             self._popularity = None
             self._collab = None
+            self._pool = None
             self._ask_index = None
         interactions = self.storage.get_meta("interactions")
         if interactions != self._interactions:
             self._interactions = interactions
             self._popularity = None
             self._collab = None
+            self._pool = None
 
     def _review_vectors(self, user_id: str) -> dict[str, np.ndarray]:
         """The user's embedded reviews by item id (cached at ingest)."""
@@ -646,10 +668,10 @@ class Recommender:
 
     def _hybrid(self) -> tuple[Snapshot, CollabModel] | None:
         """The collaborative model over the exactly searched items, once two users have
-        interactions; None otherwise (and beyond ``exact_search_max_items`` items, where
-        ranking stays content-only on the ANN index)."""
+        interactions; None otherwise (beyond ``exact_search_max_items`` items, or with
+        ``hybrid_pool``: then ``_pool_model`` ranks)."""
         view = self.store.exact_view()
-        if view is None:
+        if view is None or self.settings.hybrid_pool:
             return None
         if self._collab is None or self._collab[0] is not view:
             histories = self.storage.histories()
@@ -660,16 +682,10 @@ class Recommender:
     def _hybrid_candidates(
         self,
         hybrid: tuple[Snapshot, CollabModel],
-        history: Sequence[Interaction],
-        profile: np.ndarray,
-        ask: np.ndarray | None,
-        filters: Mapping[str, Any],
-        exclude: frozenset[str],
-        ask_weight: float,
-        anchors: Sequence[str] = (),
-        tags: Sequence[str] = (),
-        catalog: Mapping[str, Item] | None = None,
+        r: _Ranking,
     ) -> tuple[list[str], np.ndarray]:
+        history, profile, ask, filters, exclude = r.history, r.profile, r.ask, r.filters, r.exclude
+        anchors, tags, catalog = r.anchors, r.tags, r.catalog
         view, model = hybrid
         ask_scores = None if ask is None else view.matrix @ ask
         if ask_scores is not None and (anchors or tags):
@@ -680,7 +696,7 @@ class Recommender:
             history,
             view.matrix @ profile,
             ask_scores,
-            ask_weight,
+            r.ask_weight,
         ).astype(np.float64)
         allowed = view.rows_where(filters) if filters else None
         if allowed is not None:
@@ -693,7 +709,85 @@ class Recommender:
             return [], np.zeros(0)
         top = np.argpartition(-scores, n - 1)[:n]
         top = top[np.lexsort((top, -scores[top]))]  # best first, ties by row
-        return [view.ids[r] for r in top], scores[top]
+        return [view.ids[row] for row in top], scores[top]
+
+    def _pool_model(self) -> CollabModel | None:
+        """The collaborative model over every catalog item, for the pool path (beyond
+        ``exact_search_max_items`` items, or with ``hybrid_pool``); None below the
+        threshold, or before two users have interactions."""
+        if not self.settings.hybrid_pool and self.store.exact_view() is not None:
+            return None
+        if self._pool is None:
+            items = sorted(self.storage.items())
+            model = CollabModel.fit(self.storage.histories().values(), items)
+            # the fixed sample whose cosines stand in for the catalog's (pool_scores)
+            sample = sorted(items, key=lambda i: (zlib.crc32(i.encode("utf-8")), i))[:POOL_SAMPLE]
+            vectors = self.store.get_vectors(sample)
+            sample = [i for i in sample if i in vectors]
+            matrix = np.stack([vectors[i] for i in sample]) if sample else np.zeros((0, 1), dtype=np.float32)
+            self._pool = (model, np.array([model.index[i] for i in sample], dtype=np.int64), matrix)
+        return self._pool[0] if self._pool[0].users >= 2 else None
+
+    def _pool_candidates(
+        self,
+        model: CollabModel,
+        r: _Ranking,
+    ) -> tuple[list[str], np.ndarray]:
+        """The hybrid without every item's score: candidates are the union of the
+        ``pool_size`` nearest items to the profile (and to the ask) on the ANN index, the
+        best of each weighted collaborative component, the most popular, and, for an ask
+        that names titles or tags, the best by those facts; they are scored by the served
+        blend (``hybrid.pool_scores``)."""
+        history, profile, ask, filters, exclude = r.history, r.profile, r.ask, r.filters, r.exclude
+        anchors, tags, catalog, ask_weight = r.anchors, r.tags, r.catalog, r.ask_weight
+        assert self._pool is not None
+        _, sample_rows, sample_matrix = self._pool
+        weights = self.hybrid_weights().weights
+        n = self.settings.pool_size
+        parts = {name: m[0] for name, m in model.scores([history], ease=bool(weights.get("ease"))).items()}
+        facts = None
+        if ask is not None and (anchors or tags):
+
+            def rows_where(f: Mapping[str, Any]) -> list[int]:
+                return [model.index[i] for i in self.store.ids_where(f) if i in model.index]
+
+            facts = fact_scores(model, anchors, tags, catalog or {}, rows_where, len(model.items))
+        found: set[str] = set()
+        for name, scores in [*parts.items(), ("facts", facts)]:
+            if scores is not None and (weights.get(name) or name in ("popularity", "facts")):
+                top = np.argpartition(-scores, min(n, len(scores) - 1))[:n]
+                found.update(model.items[j] for j in top)
+        for target in (profile, ask):
+            if target is not None:
+                found.update(h.id for h in self.store.search(target, n, filters=filters or None, exclude=exclude))
+        allowed = set(self.store.ids_where(filters)) if filters else None
+        ids = sorted(i for i in found if i in model.index and i not in exclude and (allowed is None or i in allowed))
+        vectors = self.store.get_vectors(ids)
+        ids = [i for i in ids if i in vectors]
+        if not ids:
+            return [], np.zeros(0)
+        matrix = np.stack([vectors[i] for i in ids])
+        rows = np.array([model.index[i] for i in ids], dtype=np.int64)
+        ask_scores = sample_ask = None
+        if ask is not None:  # the ask's z-scored cosine (the sample's spread), plus its facts
+            sample_cos = sample_matrix @ ask
+            mean, std = float(sample_cos.mean()), float(sample_cos.std()) or 1.0
+            ask_scores, sample_ask = (matrix @ ask - mean) / std, (sample_cos - mean) / std
+            if facts is not None:
+                ask_scores, sample_ask = ask_scores + facts[rows], sample_ask + facts[sample_rows]
+        scores = pool_scores(
+            parts,
+            weights,
+            rows,
+            matrix @ profile,
+            sample_rows,
+            sample_matrix @ profile,
+            ask_scores,
+            sample_ask,
+            ask_weight,
+        )
+        top = np.lexsort((np.arange(len(ids)), -scores))[: self.settings.candidates]  # best first, ties by id
+        return [ids[j] for j in top], scores[top]
 
     def _popular_candidates(
         self, catalog: Mapping[str, Item], filters: Mapping[str, Any], exclude: frozenset[str]
@@ -707,6 +801,21 @@ class Recommender:
         ids = ids[: self.settings.candidates]
         top = max((pop.get(i, 0) for i in ids), default=0) or 1
         return ids, np.array([pop.get(i, 0) / top for i in ids])
+
+
+@dataclass(frozen=True)
+class _Ranking:
+    """What the hybrid ranks with, for one request."""
+
+    history: Sequence[Interaction]
+    profile: np.ndarray
+    ask: np.ndarray | None
+    filters: Mapping[str, Any]
+    exclude: frozenset[str]
+    ask_weight: float
+    anchors: Sequence[str]
+    tags: Sequence[str]
+    catalog: Mapping[str, Item]
 
 
 def open_storage(settings: Settings) -> Storage:

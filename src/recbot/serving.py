@@ -16,7 +16,7 @@ The write path (ingest, tuning, feedback, the index version) is ``recbot.index.I
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -42,6 +42,7 @@ __all__ = [
     "check_filter_fields",
     "excluded_by",
     "explain",
+    "fact_scores",
     "has_hard_constraints",
     "merge_follow_up",
     "store_failures",
@@ -50,12 +51,17 @@ __all__ = [
     "with_facts",
 ]
 
-Strategy = Literal["hybrid", "hybrid+query", "profile", "query", "profile+query", "popular"]
+Strategy = Literal[
+    "hybrid", "hybrid+query", "hybrid-pool", "hybrid-pool+query", "profile", "query", "profile+query", "popular"
+]
 ScoreKind = Literal["cosine", "hybrid", "popularity"]
 
 STRATEGY_TEXT: dict[str, str] = {
     "hybrid": "ranked by your history: similar items, what people with your items liked, and popularity",
     "hybrid+query": "ranked by your ask and your history: similar items, what people with your items liked",
+    "hybrid-pool": "ranked by your history among the closest, the collaboratively likeliest and the most popular items",
+    "hybrid-pool+query": "ranked by your ask and your history among the closest, the collaboratively likeliest and "
+    "the most popular items",
     "profile": "ranked by similarity to your history",
     "query": "no usable history: ranked by similarity to your ask alone",
     "profile+query": "ranked by similarity to your history and your ask",
@@ -87,22 +93,35 @@ def with_facts(
     """The ask's per-item score when it names titles or tags: the z-scored cosine to the ask,
     the anchors' item-kNN neighbours, and the count of facts shared with the ask (each named
     tag, and each anchor's category and tags)."""
-    parts = [zscore(ask_scores)]
+    return zscore(ask_scores) + fact_scores(model, anchors, tags, catalog, view.rows_where, len(view.ids))
+
+
+def fact_scores(
+    model: CollabModel,
+    anchors: Sequence[str],
+    tags: Sequence[str],
+    catalog: Mapping[str, Item],
+    rows_where: Callable[[Mapping[str, Any]], Any],
+    n_items: int,
+) -> np.ndarray:
+    """``with_facts`` but the ask's cosine, for every item (``rows_where(filters)``: the
+    rows of the items that match, in the same item order as ``model``)."""
+    out = np.zeros(n_items, dtype=np.float32)
     near = model.neighbours(anchors) if anchors else np.zeros(0)
     if near.any():
-        parts.append(NEIGHBOUR_WEIGHT * zscore(near))
+        out += NEIGHBOUR_WEIGHT * zscore(near)
     facts = [("tags", t) for t in tags]
     for anchor in anchors:
         item = catalog.get(anchor)
         facts += [] if item is None else [("category", item.category), *(("tags", t) for t in item.tags)]
-    shared = np.zeros(len(view.ids), dtype=np.float32)
+    shared = np.zeros(n_items, dtype=np.float32)
     for name, value in facts:
-        rows = view.rows_where({name: value}) if value else None
+        rows = rows_where({name: value}) if value else None
         if rows is not None:
             shared[rows] += 1.0
     if shared.any():
-        parts.append(zscore(shared))
-    return np.sum(parts, axis=0)
+        out += zscore(shared)
+    return out
 
 
 def check_filter_fields(filters: Mapping[str, Any], catalog: Mapping[str, Item]) -> None:

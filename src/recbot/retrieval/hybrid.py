@@ -57,6 +57,7 @@ __all__ = [
     "blend",
     "choose_weights",
     "history_matrix",
+    "pool_scores",
     "score_user",
     "top_k",
     "tune",
@@ -535,6 +536,52 @@ def tune(
     targets = np.array([index[histories[u][-1].item_id] for u in eligible])
     weights, ndcg = choose_weights(parts, history_matrix(hists, index), targets, search=search, progress=progress)
     return HybridWeights(weights, "validation", len(eligible), round(ndcg, 6))
+
+
+def pool_scores(
+    parts: Mapping[str, np.ndarray],
+    weights: Mapping[str, float],
+    rows: np.ndarray,
+    content: np.ndarray,
+    sample_rows: np.ndarray,
+    sample_content: np.ndarray,
+    ask: np.ndarray | None = None,
+    sample_ask: np.ndarray | None = None,
+    query_weight: float = 0.6,
+) -> np.ndarray:
+    """``score_user``'s blend for the candidate item ``rows`` only (the pool path, where
+    not every item's text vector is at hand).
+
+    ``parts`` are one user's collaborative components over every item (``CollabModel.
+    scores``, one row each), so their means and spreads are the catalog's, as in
+    ``score_user``. The cosines (``content`` to the interest vector, ``ask`` to the ask)
+    are known for the candidates only; their means and spreads come from a fixed sample of
+    items (``sample_rows``, with ``sample_content``/``sample_ask``), and so do those of the
+    hybrid score before the ask is mixed in.
+    """
+    out = np.zeros(len(rows), dtype=np.float64)
+    sample_out = np.zeros(len(sample_rows), dtype=np.float64)
+    for name in COMPONENTS:
+        w = float(weights.get(name, 0.0))
+        if not w:
+            continue
+        if name == "bert":
+            cand, samp = np.asarray(content, dtype=np.float64), np.asarray(sample_content, dtype=np.float64)
+            mean, std = float(samp.mean()), float(samp.std())
+        elif name in parts:
+            full = np.asarray(parts[name]).ravel()
+            cand, samp = full[rows].astype(np.float64), full[sample_rows].astype(np.float64)
+            mean, std = float(full.mean()), float(full.std())
+        else:
+            continue
+        std = std or 1.0
+        out += w * (cand - mean) / std
+        sample_out += w * (samp - mean) / std
+    if ask is None or sample_ask is None:
+        return out
+    mean, std = float(sample_out.mean()), float(sample_out.std()) or 1.0
+    ask_mean, ask_std = float(np.mean(sample_ask)), float(np.std(sample_ask)) or 1.0
+    return (1.0 - query_weight) * (out - mean) / std + query_weight * (np.asarray(ask) - ask_mean) / ask_std
 
 
 def score_user(
