@@ -166,3 +166,26 @@ def test_one_token_prompts_decode_beside_long_ones(tiny_gpt2: Path) -> None:
         threading.Thread(target=_ask, args=(batcher, "long", PROMPTS, results), kwargs={"num_return_sequences": 1}),
     )
     assert results == expected
+
+
+def test_a_failed_shared_step_fails_its_requests_and_the_batcher_serves_on(tiny_gpt2: Path, monkeypatch) -> None:
+    from recbot.generation.decode import RunningBatch
+
+    writer = _writer(tiny_gpt2)
+    expected = writer.generate_now(PROMPTS, num_return_sequences=2)
+    batcher = Batcher(writer, window_s=0.5)
+    real_step = RunningBatch.step
+    calls = {"n": 0}
+
+    def step(self, model):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("out of memory, say")
+        return real_step(self, model)
+
+    monkeypatch.setattr(RunningBatch, "step", step)
+    results: dict[str, object] = {}
+    _run(*(threading.Thread(target=_ask, args=(batcher, f"r{i}", PROMPTS, results)) for i in range(2)))
+    assert all(isinstance(results[f"r{i}"], RuntimeError) for i in range(2))  # both were in that step
+    _run(threading.Thread(target=_ask, args=(batcher, "after", PROMPTS, results)))
+    assert results["after"] == expected

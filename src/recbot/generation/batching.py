@@ -286,10 +286,7 @@ class Batcher:
                 try:
                     order = batch.add(joining, torch.tensor(live(), dtype=torch.long))
                 except BaseException as exc:  # the batch is in no state to go on: its requests fail
-                    logger.exception("blurb requests could not join the batch")
-                    for group in groups:
-                        group.fail(exc)
-                    batch, owners, groups = RunningBatch(writer.model), [], []
+                    batch, owners, groups = _fail_all(groups, exc, writer.model)
                     continue
                 owners = [owners[i] for i in order] + [(g, row) for g in joined for row in range(g.size)]
                 self.batches += 1
@@ -301,13 +298,14 @@ class Batcher:
                 with writer._lock, torch.inference_mode():
                     logits = batch.step(writer.model).float()
             except BaseException as exc:  # the shared step failed: every request in it fails
-                logger.exception("a blurb decoding step failed")
-                for group in groups:
-                    group.fail(exc)
-                batch, owners, groups = RunningBatch(writer.model), [], []
+                batch, owners, groups = _fail_all(groups, exc, writer.model)
                 continue
             step += 1
-            self._advance(groups, owners, logits, batch)
+            try:
+                self._advance(groups, owners, logits, batch)
+            except BaseException as exc:  # the shared draw failed: every request in it fails
+                batch, owners, groups = _fail_all(groups, exc, writer.model)
+                continue
             groups = [g for g in groups if not g.done]
             kept = live()
             if len(kept) < len(owners):  # rows that ended leave: rows from the end move into their slots
@@ -420,6 +418,16 @@ class _Group:
         if not self.request.future.done():
             self.request.future.set_exception(exc)
         self.done = True
+
+
+def _fail_all(groups: list[_Group], exc: BaseException, model: Any) -> tuple[Any, list[Any], list[_Group]]:
+    """Fail every request of a batch that cannot go on; a fresh, empty batch state."""
+    from recbot.generation.decode import RunningBatch
+
+    logger.error("a shared blurb decoding step failed; failing its %d request(s)", len(groups), exc_info=exc)
+    for group in groups:
+        group.fail(exc)
+    return RunningBatch(model), [], []
 
 
 def _safe(on_text: OnText) -> OnText:
