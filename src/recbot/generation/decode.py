@@ -5,9 +5,10 @@
   cache per token: on the demo generator that copy was a third of a 300-row ``generate``
   (``torch.cat`` 1.7 s of 5.4 s). Here a step writes one column in place; the buffer
   doubles when full.
-- ``RunningBatch``: the rows of many requests decoded together, one token a step, which
-  requests join (left-padded to the batch's columns) and leave (rows compacted away)
-  between steps. ``recbot.generation.batching`` drives it.
+- ``RunningBatch`` (with ``SlotLayer``): the rows of many requests decoded together, one
+  token a step, in row slots of preallocated buffers; requests join (left-padded to the
+  batch's columns) and leave between steps without the cache being copied whole.
+  ``recbot.generation.batching`` drives it.
 - ``positions``: GPT-2 position ids for left-padded rows, as ``generate`` makes them.
 """
 
@@ -21,7 +22,7 @@ from transformers.cache_utils import Cache, DynamicLayer
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["GrowingLayer", "PreparedRows", "RunningBatch", "growing_cache", "positions"]
+__all__ = ["GrowingLayer", "PreparedRows", "RunningBatch", "SlotLayer", "growing_cache", "positions"]
 
 
 @dataclass
