@@ -47,3 +47,30 @@ def test_bundled_minilm_separates_topics() -> None:
     v = emb.encode(["a science fiction novel about space", "a space opera book", "a cast iron frying pan"])
     assert emb.dim == 384
     assert v[0] @ v[1] > v[0] @ v[2] + 0.2
+
+
+def test_the_onnx_backend_gives_the_torch_vectors_and_exports_once(tiny_bert, tmp_path) -> None:
+    pytest.importorskip("onnxruntime")
+    import numpy as np
+
+    from recbot.retrieval.embedder import BertEmbedder
+
+    texts = ["a cosy mystery", "space robots and a long voyage home", "bread"]
+    torch_vectors = BertEmbedder(str(tiny_bert)).encode(texts)
+    onnx_vectors = BertEmbedder(str(tiny_bert), backend="onnx", onnx_dir=tmp_path).encode(texts)
+    assert np.min(np.sum(torch_vectors * onnx_vectors, axis=1)) > 0.9999
+    (exported,) = tmp_path.glob("encoder-*.onnx")
+    made = exported.stat().st_mtime_ns
+    BertEmbedder(str(tiny_bert), backend="onnx", onnx_dir=tmp_path).encode(texts[:1])
+    assert exported.stat().st_mtime_ns == made  # reused, not exported again
+
+
+def test_the_onnx_backend_without_its_extra_is_a_clear_error(tiny_bert, tmp_path, monkeypatch) -> None:
+    import sys
+
+    from recbot.errors import MissingExtraError
+    from recbot.retrieval.embedder import BertEmbedder
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(MissingExtraError, match=r"recbot\[onnx\]"):
+        BertEmbedder(str(tiny_bert), backend="onnx", onnx_dir=tmp_path)

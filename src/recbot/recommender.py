@@ -843,4 +843,6 @@ def make_embedder(settings: Settings) -> LazyEmbedder:
         device=settings.device,
         batch_size=settings.encoder_batch_size,
         max_length=settings.encoder_max_length,
+        backend=settings.encoder_backend,
+        onnx_dir=Path(settings.data_dir) / "encoder-onnx",
     )
