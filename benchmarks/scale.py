@@ -1,0 +1,162 @@
+"""The hybrid at scale: 100k and 1M synthetic items (run by hand; minutes, and GBs of memory).
+
+For each size: item vectors clustered around real MiniLM embeddings of generated texts
+(as ``benchmarks/retrieval.py`` makes them), ``size / 20`` users with 100 interactions
+each drawn with a Zipf popularity skew (1M items: 50k users, 5M interactions), written to
+a real Chroma collection and SQLite. Then, timed:
+
+- choosing the hybrid's weights (``hybrid.tune``, coordinate ascent, on the vectors);
+- ``recommend`` p50/p95 on the path that serves at that size (exact up to
+  ``exact_search_max_items``, the pool beyond), with and without a category filter;
+- at sizes the exact path serves, the pool path forced on: its recall of the exact top 10;
+- resident memory (now and peak).
+
+    python benchmarks/scale.py --sizes 100000,1000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+from retrieval import CATEGORIES, make_texts  # benchmarks/retrieval.py, beside this script
+
+from recbot import Settings
+from recbot.recommender import Recommender, open_storage, open_store
+from recbot.retrieval import hybrid
+from recbot.retrieval.embedder import BertEmbedder
+from recbot.storage import item_hash
+from recbot.types import Interaction, Item
+
+
+def build(base: np.ndarray, n: int, workdir: Path, seed: int = 0) -> tuple[Settings, np.ndarray, list[str]]:
+    rng = np.random.default_rng(seed)
+    centers = base[rng.integers(0, len(base), size=n)]
+    vectors = centers + rng.normal(size=centers.shape).astype(np.float32) * (0.5 / np.sqrt(base.shape[1]))
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = [f"x{i}" for i in range(n)]
+    cats = [CATEGORIES[i % len(CATEGORIES)] for i in rng.permutation(n)]
+    settings = Settings.create(data_dir=workdir / f"n{n}")
+    storage, store = open_storage(settings), open_store(settings)
+    started = time.perf_counter()
+    for s in range(0, n, 20_000):
+        store.upsert(ids[s : s + 20_000], vectors[s : s + 20_000], [{"category": c} for c in cats[s : s + 20_000]])
+    upsert_s = time.perf_counter() - started
+    storage.upsert_items(
+        (Item(i, f"Item {i}", "", c), item_hash(Item(i, f"Item {i}", "", c), "bench"))
+        for i, c in zip(ids, cats, strict=True)
+    )
+    users = n // 20
+    rank = np.arange(1, n + 1, dtype=np.float64)
+    p = rank**-0.9
+    p /= p.sum()
+    popular_order = rng.permutation(n)  # which item holds which popularity rank
+    started = time.perf_counter()
+    for u0 in range(0, users, 1000):
+        rows = []
+        for u in range(u0, min(users, u0 + 1000)):
+            picks = popular_order[np.unique(rng.choice(n, size=100, p=p))]
+            rng.shuffle(picks)
+            rows += [
+                Interaction(f"u{u}", ids[j], float(rng.integers(3, 6)), None, 1_600_000_000 + k * 3600)
+                for k, j in enumerate(picks)
+            ]
+        storage.upsert_interactions(rows)
+    interactions_s = time.perf_counter() - started
+    storage.set_meta("encoder", "bench")
+    storage.set_meta("version", f"scale-{n}")
+    print(f"{n}: Chroma {n / upsert_s:,.0f} vectors/s, interactions written in {interactions_s:.0f}s", file=sys.stderr)
+    storage.close()
+    return settings, vectors, ids
+
+
+def pct(xs: list[float], q: float) -> float:
+    return round(float(np.percentile(xs, q)), 1)
+
+
+def measure(settings: Settings, vectors: np.ndarray, ids: list[str], requests: int) -> dict[str, object]:
+    rec = Recommender(settings, storage=open_storage(settings), store=open_store(settings), embedder=None)  # type: ignore[arg-type]
+    histories = rec.storage.histories()
+    out: dict[str, object] = {
+        "items": len(ids),
+        "users": len(histories),
+        "interactions": sum(len(h) for h in histories.values()),
+    }
+    started = time.perf_counter()
+    chosen = hybrid.tune(histories, ids, vectors)
+    out["tune_s"] = round(time.perf_counter() - started, 1)
+    out["tune_users"] = chosen.users
+    out["weights"] = chosen.weights
+    rec.storage.set_meta("hybrid", chosen.to_json())
+    users = sorted(histories)[:requests]
+    rec.recommend(users[0], k=10, blurbs=False)  # fit the collaborative model (and snapshot) once
+    for label, category in (("all", None), ("category", CATEGORIES[3])):
+        times, strategies = [], set()
+        for u in users:
+            t0 = time.perf_counter()
+            recs = rec.recommend(u, k=10, category=category, blurbs=False)
+            times.append((time.perf_counter() - t0) * 1e3)
+            strategies.add(recs.strategy)
+        out[f"recommend_{label}_p50_ms"] = pct(times, 50)
+        out[f"recommend_{label}_p95_ms"] = pct(times, 95)
+        out[f"strategy_{label}"] = sorted(strategies)
+    if rec.store.exact_view() is not None:  # the exact path serves this size: how close is the pool?
+        pool = Recommender(
+            settings.replace(hybrid_pool=True),
+            storage=open_storage(settings),
+            store=open_store(settings),
+            embedder=None,  # type: ignore[arg-type]
+        )
+        recall = []
+        for u in users:
+            exact = {r.item.id for r in rec.recommend(u, k=10, blurbs=False)}
+            pooled = {r.item.id for r in pool.recommend(u, k=10, blurbs=False)}
+            recall.append(len(exact & pooled) / max(1, len(exact)))
+        out["pool_recall_at_10_vs_exact"] = round(float(np.mean(recall)), 4)
+        pool.close()
+    out["rss_gib"] = round(psutil.Process().memory_info().rss / 2**30, 2)
+    out["peak_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
+    rec.close()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="100000,1000000")
+    parser.add_argument("--requests", type=int, default=200, help="recommend calls timed per cell")
+    parser.add_argument("--workdir", type=Path, default=None)
+    args = parser.parse_args()
+    texts = [i.text for i in make_texts(2000, random.Random(0))]
+    base = BertEmbedder().encode(texts)
+    rows = []
+    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+        for n in (int(s) for s in args.sizes.split(",")):
+            settings, vectors, ids = build(base, n, Path(tmp))
+            rows.append(measure(settings, vectors, ids, args.requests))
+            print(json.dumps(rows[-1]), file=sys.stderr)
+            del vectors
+    print(
+        "| items | users | interactions | tune s | p50 ms | p95 ms | p50 ms (category) | p95 ms (category) "
+        "| strategy | pool recall@10 | RSS GiB | peak GiB |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['items']} | {r['users']} | {r['interactions']} | {r['tune_s']} | {r['recommend_all_p50_ms']} "
+            f"| {r['recommend_all_p95_ms']} | {r['recommend_category_p50_ms']} | {r['recommend_category_p95_ms']} "
+            f"| {','.join(r['strategy_all'])} | {r.get('pool_recall_at_10_vs_exact', '-')} "  # type: ignore[arg-type]
+            f"| {r['rss_gib']} | {r['peak_rss_gib']} |"
+        )
+    print(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
