@@ -56,14 +56,15 @@ def build(base: np.ndarray, n: int, workdir: Path, seed: int = 0) -> tuple[Setti
     )
     users = n // 20
     rank = np.arange(1, n + 1, dtype=np.float64)
-    p = rank**-0.9
-    p /= p.sum()
+    cdf = np.cumsum(rank**-0.9)
+    cdf /= cdf[-1]
     popular_order = rng.permutation(n)  # which item holds which popularity rank
     started = time.perf_counter()
     for u0 in range(0, users, 1000):
         rows = []
         for u in range(u0, min(users, u0 + 1000)):
-            picks = popular_order[np.unique(rng.choice(n, size=100, p=p))]
+            ranks = np.minimum(np.searchsorted(cdf, rng.random(100)), n - 1)  # Zipf(0.9) draws
+            picks = popular_order[np.unique(ranks)]
             rng.shuffle(picks)
             rows += [
                 Interaction(f"u{u}", ids[j], float(rng.integers(3, 6)), None, 1_600_000_000 + k * 3600)
