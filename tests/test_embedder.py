@@ -74,3 +74,18 @@ def test_the_onnx_backend_without_its_extra_is_a_clear_error(tiny_bert, tmp_path
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(MissingExtraError, match=r"recbot\[onnx\]"):
         BertEmbedder(str(tiny_bert), backend="onnx", onnx_dir=tmp_path)
+
+
+def test_a_configured_onnx_backend_without_its_extra_falls_back_to_torch(tiny_bert, tmp_path, monkeypatch) -> None:
+    """Served through LazyEmbedder (what Recommender uses), a missing ONNX Runtime costs
+    speed, not the answer: the same vectors come from torch."""
+    import sys
+
+    import numpy as np
+
+    from recbot.retrieval.embedder import BertEmbedder, LazyEmbedder
+
+    expected = BertEmbedder(str(tiny_bert)).encode(["bread"])
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    lazy = LazyEmbedder(str(tiny_bert), backend="onnx", onnx_dir=tmp_path)
+    np.testing.assert_allclose(lazy.encode(["bread"]), expected, atol=1e-6)

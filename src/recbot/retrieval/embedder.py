@@ -250,7 +250,14 @@ class LazyEmbedder:
         with MODEL_LOAD_LOCK:
             if self._loaded is None:
                 logger.info("loading encoder %s", self.model_id)
-                self._loaded = BertEmbedder(self._model, **self._kwargs)  # type: ignore[arg-type]
+                try:
+                    self._loaded = BertEmbedder(self._model, **self._kwargs)  # type: ignore[arg-type]
+                except MissingExtraError as exc:  # the ONNX backend is a speed-up: torch gives the same vectors
+                    if self._kwargs.get("backend") != "onnx":
+                        raise
+                    logger.warning("%s; encoding with torch instead", exc)
+                    kwargs = {**self._kwargs, "backend": "torch"}
+                    self._loaded = BertEmbedder(self._model, **kwargs)  # type: ignore[arg-type]
             return self._loaded
 
     @property
