@@ -9,7 +9,11 @@ Starts `recbot chat` three times on the same data dir (the demo's by default):
   at most 60 rows that runs to its end);
 - ``batched``: blurbs on, the default: continuous batching (requests join and leave the
   running decode between steps);
-- ``no-blurbs``: ``--no-blurbs`` (retrieval only).
+- ``no-blurbs``: ``--no-blurbs`` (retrieval only);
+- ``today`` (only with ``--today-src DIR``): blurbs on, served by another source tree, e.g. a
+  ``git worktree`` of the commit an issue was measured against, on a copy of the same data
+  dir and generator, through its non-streaming ``/recommend`` (its first blurb token is then
+  the whole turn). This measures "today's" throughput in the same run as the new paths.
 
 For each, and for each session count (1, 5, 20), N concurrent HTTP sessions (each a
 different user) ask for 5 items for ``--seconds``, through the streaming API
@@ -22,6 +26,8 @@ of one batched generate of 20 requests x 5 items against 20 sequential 5-item ca
 
     python benchmarks/load.py --data-dir .recbot --seconds 20
     python benchmarks/load.py --data-dir .recbot --sessions 20 --seconds 60 --only batched
+    git worktree add /tmp/today 1d7d4b8
+    python benchmarks/load.py --data-dir .recbot --seconds 20 --today-src /tmp/today
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import socket
 import subprocess
 import sys
@@ -46,6 +53,7 @@ MODES = {  # name -> (extra CLI args, settings TOML)
     "window": ([], 'generation_batching = "window"\ngeneration_batch_rows = 60\n'),
     "batched": ([], ""),
     "no-blurbs": (["--no-blurbs"], ""),
+    "today": ([], ""),
 }
 
 
@@ -62,15 +70,21 @@ def percentile(values: list[float], q: float) -> float | None:
     return round(values[min(len(values) - 1, int(q * (len(values) - 1) + 0.5))], 3)
 
 
-def start_server(data_dir: str, mode: str, workdir: Path) -> tuple[subprocess.Popen[bytes], str, float]:
+def start_server(
+    data_dir: str, mode: str, workdir: Path, src: Path | None = None
+) -> tuple[subprocess.Popen[bytes], str, float]:
+    """Start ``recbot chat`` in ``mode``; with ``src``, the ``recbot`` of that source tree."""
     args, toml = MODES[mode]
+    env = dict(os.environ)
+    if src is not None:
+        env["PYTHONPATH"] = str(src / "src")
     config = workdir / f"{mode}.toml"
     config.write_text(toml, encoding="utf-8")
     port = free_port()
     cmd = [sys.executable, "-m", "recbot.cli", "--data-dir", data_dir, "--config", str(config), "chat"]
     cmd += ["--port", str(port), *args]
     started = time.perf_counter()
-    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     url = f"http://127.0.0.1:{port}/"
     while True:
         try:
@@ -141,7 +155,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def run_cell(
-    url: str, users: list[str], liked: dict[str, set[str]], seconds: float, stream: bool, server_pid: int
+    url: str, users: list[str], liked: dict[str, set[str]], seconds: float, api: str, server_pid: int
 ) -> dict[str, Any]:
     cpu = (cpu_seconds(server_pid), cpu_seconds(os.getpid()))
 
@@ -163,7 +177,7 @@ def run_cell(
             first: float | None = None
             try:
                 messages = []
-                for message in client.call("recommend_stream" if stream else "recommend", user, query, 5, ""):
+                for message in client.call(api, user, query, 5, ""):
                     messages.append(message)
                     if first is None and any(has_text(x) for x in message["recommendations"]):
                         first = time.perf_counter() - t0
@@ -268,6 +282,11 @@ def main() -> None:
     parser.add_argument("--only", choices=list(MODES), action="append", help="run these modes only")
     parser.add_argument("--no-ratio", action="store_true", help="skip the generation-level ratio")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--today-src",
+        type=Path,
+        help="a source tree (e.g. a git worktree of an older commit) served as the 'today' mode, on a data dir copy",
+    )
     args = parser.parse_args()
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
@@ -289,13 +308,19 @@ def main() -> None:
 
     results: dict[str, Any] = {"seconds_per_cell": args.seconds, "modes": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        for mode in args.only or list(MODES):
-            server, url, ready = start_server(args.data_dir, mode, Path(tmp))
+        modes = args.only or [m for m in MODES if m != "today" or args.today_src]
+        for mode in modes:
+            data_dir, src = args.data_dir, None
+            if mode == "today":
+                if args.today_src is None:
+                    raise SystemExit("--only today needs --today-src")
+                # the other tree may migrate or write the data dir: give it its own copy
+                data_dir, src = str(Path(tmp) / "today-data"), args.today_src
+                shutil.copytree(args.data_dir, data_dir)
+            api = {"no-blurbs": "recommend", "today": "recommend"}.get(mode, "recommend_stream")
+            server, url, ready = start_server(data_dir, mode, Path(tmp), src)
             try:
-                cells = [
-                    run_cell(url, users[:c], liked, args.seconds, stream=mode != "no-blurbs", server_pid=server.pid)
-                    for c in counts
-                ]
+                cells = [run_cell(url, users[:c], liked, args.seconds, api, server.pid) for c in counts]
             finally:
                 server.terminate()
                 server.wait(timeout=30)

@@ -58,6 +58,7 @@ def test_runner_is_deterministic_and_beats_random(amazon_file: Path, tmp_path: P
         "bert",
         "hybrid",
         "hybrid_mmr",
+        "hybrid_pool",
     }
     assert {
         "hr@10",
@@ -80,10 +81,42 @@ def test_runner_is_deterministic_and_beats_random(amazon_file: Path, tmp_path: P
     assert a["protocol"]["reviews_in_profile"] == sum(len(h) for h in data.test.train.values())
     # MMR re-orders the hybrid's candidates; here the target stays in the top 5
     assert methods["hybrid_mmr"]["hr@5"] == 1.0
+    # the pool path, forced on: with every item in the pool and the sample it is the hybrid
+    assert methods["hybrid_pool"] == methods["hybrid"]
     report = (tmp_path / "a" / "report.md").read_text()
     assert report.startswith("# Retrieval evaluation")
     assert "precision@K = hits/K (at most 1/K) and recall@K = HR@K" in report
     assert (tmp_path / "a" / "metrics_by_k.png").stat().st_size > 1000
+
+
+def test_the_pool_path_ranks_its_candidates_by_the_hybrid(amazon_file: Path) -> None:
+    """A pool smaller than the catalog holds the best of each source; its ranking is the
+    hybrid's order restricted to the candidates when the sample is the whole catalog."""
+    from recbot import Settings
+    from recbot.eval.baselines import components
+    from recbot.eval.runner import pool_top
+    from recbot.retrieval.hybrid import blend
+
+    data = load_dataset(f"amazon:{amazon_file}")
+    users = data.users[:6]
+    vectors = np.asarray(KeywordEmbedder().encode([data.test.item_text[i] for i in data.items]), dtype=np.float32)
+    comp = components(users, data.items, data.test.train, vectors, settings=Settings())
+    weights = {"knn": 1.0, "bert": 0.5}
+    full = blend(comp.parts, weights)
+    for size in (1, 2, 15):
+        top = pool_top(comp, weights, data.items, 3, size)
+        for u in range(len(users)):
+            seen = set(comp.seen[u].indices.tolist())
+            listed = top[u].tolist()
+            fresh = [j for j in listed if j not in seen]
+            assert listed[: len(fresh)] == fresh  # seen items only pad a pool smaller than k
+            assert len(fresh) >= min(3, size)
+            for a, b in zip(fresh, fresh[1:], strict=False):  # in the hybrid's order
+                assert full[u, a] >= full[u, b] - 1e-5
+    best = pool_top(comp, weights, data.items, 3, 15)
+    for u in range(len(users)):
+        unseen = [j for j in range(len(data.items)) if j not in set(comp.seen[u].indices.tolist())]
+        assert full[u, best[u][0]] == pytest.approx(max(full[u, j] for j in unseen), abs=1e-5)
 
 
 def test_generation_eval_runs_with_baselines(amazon_file: Path, tmp_path: Path, tiny_gpt2: Path) -> None:
@@ -146,6 +179,8 @@ def test_generation_eval_sharded_by_accelerate_equals_one_process(
         str(tiny_gpt2),
         "--max-users",
         "12",
+        "--canaries",  # the canary generator trains in one process (tests/test_eval_privacy.py)
+        "0",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one = subprocess.run([sys.executable, *common, "--out", str(tmp_path / "one")], env=env, capture_output=True)

@@ -6,7 +6,6 @@ import functools
 import logging
 import threading
 import time
-import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -29,7 +28,7 @@ from recbot.errors import (
 from recbot.index import ForgetReport, Index
 from recbot.ingest import IngestReport
 from recbot.retrieval.embedder import BUNDLED_ENCODER_ID, Embedder, LazyEmbedder
-from recbot.retrieval.hybrid import CollabModel, HybridWeights, pool_scores, score_user
+from recbot.retrieval.hybrid import CollabModel, HybridWeights, pool_rows, pool_sample, pool_scores, score_user
 from recbot.retrieval.profile import blend_query, interest_profile
 from recbot.retrieval.ranking import mmr, unit_range
 from recbot.retrieval.store import ChromaStore, Filters, Snapshot, VectorStore, make_client
@@ -61,8 +60,6 @@ _ASK_CACHE = 1024  # ask texts whose vectors are kept
 __all__ = ["STRATEGY_TEXT", "BlurbWriter", "Recommendations", "Recommender", "Strategy"]
 
 logger = logging.getLogger(__name__)
-
-POOL_SAMPLE = 2048  # items whose cosines give the catalog's mean and spread on the pool path
 
 
 _P = ParamSpec("_P")
@@ -721,7 +718,7 @@ class Recommender:
             items = sorted(self.storage.items())
             model = CollabModel.fit(self.storage.histories().values(), items)
             # the fixed sample whose cosines stand in for the catalog's (pool_scores)
-            sample = sorted(items, key=lambda i: (zlib.crc32(i.encode("utf-8")), i))[:POOL_SAMPLE]
+            sample = pool_sample(items)
             vectors = self.store.get_vectors(sample)
             sample = [i for i in sample if i in vectors]
             matrix = np.stack([vectors[i] for i in sample]) if sample else np.zeros((0, 1), dtype=np.float32)
@@ -752,11 +749,8 @@ class Recommender:
                 return [model.index[i] for i in self.store.ids_where(f) if i in model.index]
 
             facts = fact_scores(model, anchors, tags, catalog or {}, rows_where, len(model.items))
-        found: set[str] = set()
-        for name, scores in [*parts.items(), ("facts", facts)]:
-            if scores is not None and (weights.get(name) or name in ("popularity", "facts")):
-                top = np.argpartition(-scores, min(n, len(scores) - 1))[:n]
-                found.update(model.items[j] for j in top)
+        rows_found = pool_rows(parts if facts is None else {**parts, "facts": facts}, {**weights, "facts": 1.0}, n)
+        found = {model.items[j] for j in rows_found}
         for target in (profile, ask):
             if target is not None:
                 found.update(h.id for h in self.store.search(target, n, filters=filters or None, exclude=exclude))

@@ -20,7 +20,7 @@ from recbot.config import Settings
 from recbot.eval.baselines import Components, components
 from recbot.eval.data import Dataset, Split
 from recbot.eval.ranking import f1_at_k, hit_rate_at_k, mrr_at_k, ndcg_at_k, precision_at_k, recall_at_k
-from recbot.retrieval.hybrid import EASE_LAMBDA, blend, choose_weights, top_k
+from recbot.retrieval.hybrid import EASE_LAMBDA, blend, choose_weights, pool_rows, pool_sample, pool_scores, top_k
 from recbot.retrieval.ranking import mmr, unit_range
 from recbot.types import Interaction
 
@@ -101,6 +101,38 @@ def with_mmr(scores: np.ndarray, seen: Any, vectors: np.ndarray, k: int, setting
     )
 
 
+def pool_top(
+    comp: Components, weights: Mapping[str, float], items: Sequence[str], k: int, pool_size: int
+) -> np.ndarray:
+    """The hybrid as ``recommend`` ranks it past ``exact_search_max_items`` (the pool path,
+    ``Recommender._pool_candidates``), for each user: candidates are the union of the
+    ``pool_size`` items nearest the interest vector (exact here, where serving asks the
+    ANN index), the best ``pool_size`` of each weighted collaborative component and the
+    most popular; they are scored by ``pool_scores``, the cosines z-scored by the fixed
+    sample of items (``pool_sample``). Best ``k`` first, ties by item id."""
+    index = {item: j for j, item in enumerate(items)}
+    sample = np.array([index[i] for i in pool_sample(items)], dtype=np.int64)
+    order = np.argsort(np.array(items, dtype=object))  # rank of each row's id, for ties
+    rank_of = np.empty(len(items), dtype=np.int64)
+    rank_of[order] = np.arange(len(items))
+    k = min(k, len(items))
+    out = np.zeros((comp.seen.shape[0], k), dtype=np.int64)
+    for u in range(comp.seen.shape[0]):
+        parts = {name: m[u] for name, m in comp.parts.items() if name != "bert"}
+        content = comp.parts["bert"][u]
+        seen = set(comp.seen[u].indices.tolist())
+        nearest = [int(j) for j in np.argsort(-content, kind="stable") if int(j) not in seen][:pool_size]
+        rows = np.array(sorted((pool_rows(parts, weights, pool_size) | set(nearest)) - seen), dtype=np.int64)
+        rows = rows[np.argsort(rank_of[rows])]  # serving sorts candidates by id
+        scores = pool_scores(parts, weights, rows, content[rows], sample, content[sample])
+        top = rows[np.lexsort((np.arange(len(rows)), -scores))][:k].tolist()
+        if len(top) < k:  # a pool smaller than k: then the seen items, as top_k puts them last
+            listed = set(top)
+            top += [j for j in sorted(seen) + list(range(len(items))) if j not in listed and not listed.add(j)]
+        out[u] = top[:k]
+    return out
+
+
 def choose(
     comp: Components, items: Sequence[str], held: Mapping[str, Any], users: Sequence[str], search: str = "coordinate"
 ) -> tuple[dict[str, float], float]:
@@ -125,8 +157,9 @@ def run_retrieval(
     max_users: int | None = None,
     settings: Settings | None = None,
 ) -> dict[str, Any]:
-    """Evaluate random, popularity, item-kNN (full and last 20), EASE, BERT, hybrid, and the
-    hybrid as ``recommend`` serves it (MMR-diversified: ``hybrid_mmr``). The BERT profile
+    """Evaluate random, popularity, item-kNN (full and last 20), EASE, BERT, hybrid, the
+    hybrid as ``recommend`` serves it (MMR-diversified: ``hybrid_mmr``), and the hybrid's
+    candidate-pool path, which serves catalogs past ``exact_search_max_items`` (``hybrid_pool``). The BERT profile
     and MMR follow ``settings`` (default ``Settings()``), as ``recommend`` does."""
     settings = settings or Settings()
     started = time.perf_counter()
@@ -161,6 +194,8 @@ def run_retrieval(
     }
     tops = {name: top_k(s, comp.seen, max(KS)) for name, s in scores.items()}
     tops["hybrid_mmr"] = with_mmr(scores["hybrid"], comp.seen, vectors, max(KS), settings)
+    # the pool path that serves catalogs past exact_search_max_items, forced on here
+    tops["hybrid_pool"] = pool_top(comp, weights, data.items, max(KS), settings.pool_size)
     methods = {name: measure(top, users_test, data.items, data.test.held_out, pop) for name, top in tops.items()}
     result = {
         "dataset": data.spec,

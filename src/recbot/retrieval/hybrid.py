@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -536,6 +537,29 @@ def tune(
     targets = np.array([index[histories[u][-1].item_id] for u in eligible])
     weights, ndcg = choose_weights(parts, history_matrix(hists, index), targets, search=search, progress=progress)
     return HybridWeights(weights, "validation", len(eligible), round(ndcg, 6))
+
+
+POOL_SAMPLE = 2048  # items whose cosines give the catalog's mean and spread on the pool path
+
+
+def pool_sample(items: Iterable[str], size: int = POOL_SAMPLE) -> list[str]:
+    """The fixed sample of items whose scores stand in for the catalog's mean and spread
+    on the pool path: the ``size`` items first by the crc32 of their ids (the same on
+    every machine, and stable as items come and go)."""
+    return sorted(items, key=lambda i: (zlib.crc32(i.encode("utf-8")), i))[:size]
+
+
+def pool_rows(parts: Mapping[str, np.ndarray], weights: Mapping[str, float], n: int) -> set[int]:
+    """The pool's collaborative candidates: the rows of the best ``n`` items of each
+    weighted component of one user's ``parts`` (``CollabModel.scores``, one row each),
+    and of popularity whatever its weight."""
+    found: set[int] = set()
+    for name, scores in parts.items():
+        if name == "bert" or not (weights.get(name) or name == "popularity"):
+            continue
+        row = np.asarray(scores).ravel()
+        found.update(int(j) for j in np.argpartition(-row, min(n, len(row) - 1))[:n])
+    return found
 
 
 def pool_scores(
