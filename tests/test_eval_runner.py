@@ -1,3 +1,4 @@
+import itertools
 import json
 from pathlib import Path
 
@@ -111,7 +112,7 @@ def test_the_pool_path_ranks_its_candidates_by_the_hybrid(amazon_file: Path) -> 
             fresh = [j for j in listed if j not in seen]
             assert listed[: len(fresh)] == fresh  # seen items only pad a pool smaller than k
             assert len(fresh) >= min(3, size)
-            for a, b in zip(fresh, fresh[1:], strict=False):  # in the hybrid's order
+            for a, b in itertools.pairwise(fresh):  # in the hybrid's order
                 assert full[u, a] >= full[u, b] - 1e-5
     best = pool_top(comp, weights, data.items, 3, 15)
     for u in range(len(users)):

@@ -47,6 +47,36 @@ def test_together_counts_users_with_both_items() -> None:
     assert model.together(["a"], "unknown")[0].tolist() == [0.0]
 
 
+def test_neighbour_lists_keep_each_items_nearest_and_give_the_knn_they_cover() -> None:
+    rng = np.random.default_rng(0)
+    items = [f"i{j}" for j in range(120)]
+    p = np.arange(1, 121) ** -0.9
+    p /= p.sum()
+    hists = [hist(f"u{u}", *(items[j] for j in rng.choice(120, size=12, replace=False, p=p))) for u in range(80)]
+    model = CollabModel.fit(hists, items)
+    exact = model.scores(hists[:10], ease=False)
+    full = model.scores(hists[:10], ease=False, neighbours=len(items))  # every neighbour: the exact kNN
+    for name in ("knn", "knn_recent", "knn_decay"):
+        np.testing.assert_allclose(full[name], exact[name], atol=1e-5)
+    lists = model.neighbour_lists(5)
+    assert np.diff(lists.indptr).max() <= 5
+    cosine = model._knn(sparse.identity(len(items), format="csr", dtype=np.float32))  # item x item cosines
+    for j in (0, 7, 60):  # each row holds its item's 5 largest cosines (ties aside)
+        kept = lists[j].toarray().ravel()
+        assert np.isclose(np.sort(kept[kept > 0])[::-1], np.sort(cosine[j])[::-1][: (kept > 0).sum()]).all()
+    # counts and cosines for reasons from the lists: exact where a pair is in either list, else 0
+    history = [h.item_id for h in hists[0]]
+    pairs = 0
+    for (c_ex, cos_ex), (c_nb, cos_nb) in zip(
+        model.together_many(history, items[:30]), model.together_many(history, items[:30], neighbours=5), strict=True
+    ):
+        listed = cos_nb > 0
+        np.testing.assert_allclose(cos_nb[listed], cos_ex[listed], rtol=1e-5)
+        assert (c_nb[listed] == c_ex[listed]).all() and (c_nb[~listed] == 0).all()
+        pairs += int(listed.sum())
+    assert pairs >= 30  # the lists hold the strong pairs, so this compared something
+
+
 def test_transition_counts_what_came_next_in_others_sequences() -> None:
     model = CollabModel.fit([hist("u1", "a", "b"), hist("u2", "a", "c"), hist("u3", "a", "c")], ["a", "b", "c"])
     # after a: b once, c twice (row-normalised); a user whose last item is a

@@ -28,7 +28,7 @@ def _brute(v: np.ndarray, q: np.ndarray, keep: np.ndarray, n: int) -> list[int]:
     return [int(i) for i in np.argsort(-scores)[:n]]
 
 
-@pytest.mark.parametrize("exact_max", [10_000, 0], ids=["exact", "ann"])
+@pytest.mark.parametrize("exact_max", [10_000, 0, 40], ids=["exact", "ann", "ann-small-filter-in-memory"])
 def test_search_matches_brute_force_with_filters_and_exclusions(tmp_path: Path, vectors, exact_max: int) -> None:
     ids, v, metas = vectors
     store = _store(tmp_path, exact_max)
@@ -61,3 +61,26 @@ def test_persistence_delete_and_get_vectors(tmp_path: Path, vectors) -> None:
     assert list(got) == ["i2"]
     np.testing.assert_allclose(got["i2"], v[2], rtol=1e-6)
     assert "i0" not in {h.id for h in reopened.search(v[0], 60)}
+
+
+def test_the_ann_paths_caches_follow_writes(tmp_path: Path, vectors) -> None:
+    """Beyond exact_max_items, read vectors and filtered catalogs are kept in memory; a
+    write through the store (or a refresh after another process's) drops them."""
+    ids, v, metas = vectors
+    store = _store(tmp_path, 40)
+    store.upsert(ids, v, metas)
+    q = v[3]
+    assert store.search(q, 1, filters={"category": "odd"})[0].id == "i3"
+    np.testing.assert_allclose(store.get_vectors(["i3"])["i3"], v[3], atol=1e-6)
+    moved = v.copy()
+    moved[3] = -v[3]
+    store.upsert(["i3"], moved[3:4], [{**metas[3], "category": "even"}])
+    np.testing.assert_allclose(store.get_vectors(["i3"])["i3"], -v[3], atol=1e-6)
+    assert "i3" not in store.ids_where({"category": "odd"})
+    assert store.search(q, 1, filters={"category": "even"})[0].id != "i3"
+    other = _store(tmp_path, 40)  # another process writes; this one refreshes
+    other.upsert(["i3"], v[3:4], [metas[3]])
+    assert "i3" not in store.ids_where({"category": "odd"})  # still the cached answer
+    store.refresh()
+    assert "i3" in store.ids_where({"category": "odd"})
+    np.testing.assert_allclose(store.get_vectors(["i3"])["i3"], v[3], atol=1e-6)

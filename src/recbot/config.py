@@ -45,6 +45,11 @@ class Settings:
     # each source's top pool_size (nearest to the profile and to the ask on the ANN index, the
     # collaborative components' best, the most popular), scored by the same blend
     pool_size: int = 200
+    # on the pool path, item-kNN sums each history item's top pool_neighbours neighbours (lists
+    # built once per collaborative model): O(history x this) per request instead of a pass
+    # over every interaction; memory ~8 bytes x items x this
+    pool_neighbours: int = 100
+    vector_cache_items: int = 100_000  # beyond the exact path, recently read item vectors kept in memory
     hybrid_pool: bool = False  # take the pool path at any size (to measure it against the exact one)
     query_weight: float = 0.6  # share of the free-text ask in the interest vector
     review_weight: float = 0.5  # how much a user's own review moves an item's vector

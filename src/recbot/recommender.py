@@ -171,6 +171,7 @@ class Recommender:
         self._collab: tuple[Snapshot, CollabModel] | None = None  # fitted on the stored interactions
         # the pool path's model over every item, its sample's rows and their vectors
         self._pool: tuple[CollabModel, np.ndarray, np.ndarray] | None = None
+        self._categories: tuple[Mapping[str, Item], frozenset[str]] | None = None  # (catalog, its categories)
         self._ask_index: AskIndex | None = None  # the catalog's titles, categories and tags, for asks
         self._name_vectors: dict[str, np.ndarray] = {}  # category/tag name -> BERT vector, for asks
         self._ask_vectors: dict[str, np.ndarray] = {}  # recent ask texts -> BERT vector (insertion order)
@@ -333,8 +334,9 @@ class Recommender:
                 [t for t in understood.tags if t != kind] if understood is not None else [],
                 catalog,
             )
+        fetched: dict[str, np.ndarray] | None = None  # candidate vectors the pool path has read already
         if pool is not None and ranking is not None:
-            ids, relevance = self._pool_candidates(pool, ranking)
+            ids, relevance, fetched = self._pool_candidates(pool, ranking)
             strategy, score_kind = ("hybrid-pool" if ask is None else "hybrid-pool+query"), "hybrid"
         elif hybrid is not None and ranking is not None:
             ids, relevance = self._hybrid_candidates(hybrid, ranking)
@@ -349,7 +351,7 @@ class Recommender:
             strategy, score_kind = "popular", "popularity"
 
         # 3. rank: what stands out as close to a negated phrase goes, then MMR
-        vectors = self.store.get_vectors(ids)
+        vectors = {i: fetched[i] for i in ids} if fetched is not None else self.store.get_vectors(ids)
         if avoid is not None:
             view = self.store.exact_view()
             dropped = too_close(avoid, vectors, None if view is None else view.matrix @ avoid)
@@ -364,11 +366,17 @@ class Recommender:
         # 4. explain: "because you liked X", co-occurrence counting as evidence on the hybrid path
         recs = []
         n_reasons = self.settings.reasons_per_item
+        collab = hybrid[1] if hybrid is not None else pool
+        history_ids = [h.item_id for h in history]
+        together = None
+        if collab is not None:  # on the pool path, from the neighbour lists its ranking used
+            lists = self.settings.pool_neighbours if hybrid is None else None
+            together = collab.together_many(history_ids, [ids[j] for j in order], neighbours=lists)
         for rank, j in enumerate(order, start=1):
             item = catalog[ids[j]]
-            collab = hybrid[1] if hybrid is not None else pool
-            together = collab.together([h.item_id for h in history], item.id) if collab is not None else None
-            because = explain(cand[j], history, hist_vectors, weights, catalog, n_reasons, together)
+            because = explain(
+                cand[j], history, hist_vectors, weights, catalog, n_reasons, together[rank - 1] if together else None
+            )
             recs.append(Recommendation(item, float(relevance[j]), rank, because, score_kind=score_kind))
         if not recs and relax and understood is not None and has_hard_constraints(understood):
             # nothing meets the ask's hard constraints: say so, and answer without them
@@ -517,7 +525,7 @@ class Recommender:
 
     def categories(self) -> list[str]:
         """The catalog's categories, sorted."""
-        return sorted({item.category for item in self.storage.items().values() if item.category})
+        return sorted(self._known_categories(self.storage.items()))
 
     def interpret(self, query: str, previous: Sequence[str] = ()) -> Interpretation:
         """How ``recommend`` reads ``query``: its hard constraints, anchors and soft text
@@ -630,13 +638,18 @@ class Recommender:
         return vec / norm if norm else None
 
     def _canonical_category(self, category: str, catalog: Mapping[str, Item]) -> str:
-        known = {item.category for item in catalog.values() if item.category}
+        known = self._known_categories(catalog)
         if category in known:
             return category
         folded = {c.casefold(): c for c in known}
         if category.casefold() in folded:
             return folded[category.casefold()]
         raise FilterError(f"unknown category {category!r}; the catalog has {sorted(known)!r}")
+
+    def _known_categories(self, catalog: Mapping[str, Item]) -> frozenset[str]:
+        if self._categories is None or self._categories[0] is not catalog:  # once per catalog read
+            self._categories = (catalog, frozenset(item.category for item in catalog.values() if item.category))
+        return self._categories[1]
 
     def _reload_if_changed(self) -> None:
         token = self.storage.change_token()
@@ -729,19 +742,21 @@ class Recommender:
         self,
         model: CollabModel,
         r: _Ranking,
-    ) -> tuple[list[str], np.ndarray]:
+    ) -> tuple[list[str], np.ndarray, dict[str, np.ndarray]]:
         """The hybrid without every item's score: candidates are the union of the
         ``pool_size`` nearest items to the profile (and to the ask) on the ANN index, the
         best of each weighted collaborative component, the most popular, and, for an ask
         that names titles or tags, the best by those facts; they are scored by the served
-        blend (``hybrid.pool_scores``)."""
+        blend (``hybrid.pool_scores``), item-kNN from each item's top ``pool_neighbours``
+        neighbour list. Returns the best ``candidates`` ids, their scores, and their vectors."""
         history, profile, ask, filters, exclude = r.history, r.profile, r.ask, r.filters, r.exclude
         anchors, tags, catalog, ask_weight = r.anchors, r.tags, r.catalog, r.ask_weight
         assert self._pool is not None
         _, sample_rows, sample_matrix = self._pool
         weights = self.hybrid_weights().weights
         n = self.settings.pool_size
-        parts = {name: m[0] for name, m in model.scores([history], ease=bool(weights.get("ease"))).items()}
+        parts = model.scores([history], ease=bool(weights.get("ease")), neighbours=self.settings.pool_neighbours)
+        parts = {name: m[0] for name, m in parts.items()}
         facts = None
         if ask is not None and (anchors or tags):
 
@@ -749,7 +764,8 @@ class Recommender:
                 return [model.index[i] for i in self.store.ids_where(f) if i in model.index]
 
             facts = fact_scores(model, anchors, tags, catalog or {}, rows_where, len(model.items))
-        rows_found = pool_rows(parts if facts is None else {**parts, "facts": facts}, {**weights, "facts": 1.0}, n)
+        with_facts = parts if facts is None else {**parts, "facts": facts}
+        rows_found = pool_rows(with_facts, {**weights, "facts": 1.0}, n, model=model)
         found = {model.items[j] for j in rows_found}
         for target in (profile, ask):
             if target is not None:
@@ -759,7 +775,7 @@ class Recommender:
         vectors = self.store.get_vectors(ids)
         ids = [i for i in ids if i in vectors]
         if not ids:
-            return [], np.zeros(0)
+            return [], np.zeros(0), {}
         matrix = np.stack([vectors[i] for i in ids])
         rows = np.array([model.index[i] for i in ids], dtype=np.int64)
         ask_scores = sample_ask = None
@@ -781,7 +797,7 @@ class Recommender:
             ask_weight,
         )
         top = np.lexsort((np.arange(len(ids)), -scores))[: self.settings.candidates]  # best first, ties by id
-        return [ids[j] for j in top], scores[top]
+        return [ids[j] for j in top], scores[top], {ids[j]: matrix[j] for j in top}
 
     def _popular_candidates(
         self, catalog: Mapping[str, Item], filters: Mapping[str, Any], exclude: frozenset[str]
@@ -828,6 +844,7 @@ def open_store(settings: Settings) -> ChromaStore:
         ef_search=settings.hnsw_ef_search,
         max_neighbors=settings.hnsw_max_neighbors,
         exact_max_items=settings.exact_search_max_items,
+        vector_cache_items=settings.vector_cache_items,
     )
 
 

@@ -30,6 +30,8 @@ class Components:
     parts: dict[str, np.ndarray]  # COMPONENTS of recbot.retrieval.hybrid, each (n_users, n_items)
     popularity: np.ndarray  # (n_items,) training histories holding the item
     seen: sparse.csr_matrix  # (n_users, n_items) training items, to exclude
+    model: CollabModel | None = None  # the collaborative statistics the parts came from
+    histories: Sequence[Sequence[Interaction]] = ()  # the users' training histories, in row order
 
 
 def components(
@@ -58,4 +60,4 @@ def components(
         half_life_days=s.recency_half_life_days,
         dislike_weight=s.dislike_weight,
     )
-    return Components(parts, model.popularity, history_matrix(hists, model.index))
+    return Components(parts, model.popularity, history_matrix(hists, model.index), model, hists)

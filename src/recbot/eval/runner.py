@@ -102,14 +102,24 @@ def with_mmr(scores: np.ndarray, seen: Any, vectors: np.ndarray, k: int, setting
 
 
 def pool_top(
-    comp: Components, weights: Mapping[str, float], items: Sequence[str], k: int, pool_size: int
+    comp: Components,
+    weights: Mapping[str, float],
+    items: Sequence[str],
+    k: int,
+    pool_size: int,
+    neighbours: int | None = None,
 ) -> np.ndarray:
     """The hybrid as ``recommend`` ranks it past ``exact_search_max_items`` (the pool path,
     ``Recommender._pool_candidates``), for each user: candidates are the union of the
     ``pool_size`` items nearest the interest vector (exact here, where serving asks the
     ANN index), the best ``pool_size`` of each weighted collaborative component and the
     most popular; they are scored by ``pool_scores``, the cosines z-scored by the fixed
-    sample of items (``pool_sample``). Best ``k`` first, ties by item id."""
+    sample of items (``pool_sample``), item-kNN from each item's top ``neighbours``
+    neighbour list (None: every co-occurrence). Best ``k`` first, ties by item id."""
+    collab = comp.parts
+    if neighbours is not None:
+        assert comp.model is not None, "components() keeps the model the pool path needs"
+        collab = comp.model.scores(comp.histories, ease="ease" in comp.parts, neighbours=neighbours)
     index = {item: j for j, item in enumerate(items)}
     sample = np.array([index[i] for i in pool_sample(items)], dtype=np.int64)
     order = np.argsort(np.array(items, dtype=object))  # rank of each row's id, for ties
@@ -118,7 +128,7 @@ def pool_top(
     k = min(k, len(items))
     out = np.zeros((comp.seen.shape[0], k), dtype=np.int64)
     for u in range(comp.seen.shape[0]):
-        parts = {name: m[u] for name, m in comp.parts.items() if name != "bert"}
+        parts = {name: m[u] for name, m in collab.items() if name != "bert"}
         content = comp.parts["bert"][u]
         seen = set(comp.seen[u].indices.tolist())
         nearest = [int(j) for j in np.argsort(-content, kind="stable") if int(j) not in seen][:pool_size]
@@ -128,7 +138,10 @@ def pool_top(
         top = rows[np.lexsort((np.arange(len(rows)), -scores))][:k].tolist()
         if len(top) < k:  # a pool smaller than k: then the seen items, as top_k puts them last
             listed = set(top)
-            top += [j for j in sorted(seen) + list(range(len(items))) if j not in listed and not listed.add(j)]
+            for j in [*sorted(seen), *range(len(items))]:
+                if j not in listed:
+                    listed.add(j)
+                    top.append(j)
         out[u] = top[:k]
     return out
 
@@ -195,7 +208,7 @@ def run_retrieval(
     tops = {name: top_k(s, comp.seen, max(KS)) for name, s in scores.items()}
     tops["hybrid_mmr"] = with_mmr(scores["hybrid"], comp.seen, vectors, max(KS), settings)
     # the pool path that serves catalogs past exact_search_max_items, forced on here
-    tops["hybrid_pool"] = pool_top(comp, weights, data.items, max(KS), settings.pool_size)
+    tops["hybrid_pool"] = pool_top(comp, weights, data.items, max(KS), settings.pool_size, settings.pool_neighbours)
     methods = {name: measure(top, users_test, data.items, data.test.held_out, pop) for name, top in tops.items()}
     result = {
         "dataset": data.spec,

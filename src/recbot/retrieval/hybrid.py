@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -205,6 +206,8 @@ class CollabModel:
     ease_lambda: float = EASE_LAMBDA
     _transposed: sparse.csr_matrix | None = field(default=None, init=False, repr=False)  # lazy Xᵀ
     _ease: Ease | None = field(default=None, init=False, repr=False)  # lazy: only when ranked with
+    _neighbours: dict[int, sparse.csr_matrix] = field(default_factory=dict, init=False, repr=False)  # lazy
+    _popular: dict[int, set[int]] = field(default_factory=dict, init=False, repr=False)  # lazy
 
     @classmethod
     def fit(
@@ -254,20 +257,62 @@ class CollabModel:
             self._transposed = self.matrix.T.tocsr()
         return self._transposed
 
+    def popular_rows(self, n: int) -> set[int]:
+        """The rows of the ``n`` most popular items (the popularity component's best), once."""
+        if n not in self._popular:
+            self._popular[n] = top_rows(np.log1p(self.popularity), n)
+        return self._popular[n]
+
+    def neighbour_lists(self, m: int) -> sparse.csr_matrix:
+        """Items x items: each item's ``m`` most similar items by the item-kNN cosine (the
+        item itself, at 1, among them), computed once per model by a sparse product that
+        keeps only each row's top ``m`` (``sparse_dot_topn``), in memory O(items x m)."""
+        cached = self._neighbours.get(m)
+        if cached is None:
+            from sparse_dot_topn import sp_matmul_topn
+
+            inv = sparse.diags(1.0 / np.sqrt(np.maximum(self.popularity, 1.0))).astype(np.float32)
+            left = (inv @ self._matrix_t).tocsr()  # items x users, rows scaled
+            right = (self.matrix.astype(np.float32) @ inv).tocsr()  # users x items, columns scaled
+            threads = max(1, min(8, os.cpu_count() or 1))  # rows are independent: any count, same lists
+            cached = sp_matmul_topn(left, right, top_n=m, threshold=0.0, n_threads=threads).tocsr()
+            cached.sort_indices()
+            self._neighbours[m] = cached
+        return cached
+
     def together(self, items: Sequence[str], item: str) -> tuple[np.ndarray, np.ndarray]:
         """For each of ``items``: how many users have both it and ``item``, and the
         item-kNN cosine between the two (zeros for items the model does not know)."""
-        counts = np.zeros(len(items))
-        cosines = np.zeros(len(items))
-        j = self.index.get(item)
+        return self.together_many(items, [item])[0]
+
+    def together_many(
+        self, items: Sequence[str], targets: Sequence[str], *, neighbours: int | None = None
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``together(items, t)`` for each of ``targets``, in one sparse product (a
+        popular history item's users are read once, not once per target). With
+        ``neighbours`` (m, the pool path), from the top-m neighbour lists the ranking used:
+        exact for a pair where either item is among the other's m nearest, zero otherwise."""
+        out = [(np.zeros(len(items)), np.zeros(len(items))) for _ in targets]
         known = [(k, self.index[i]) for k, i in enumerate(items) if i in self.index]
-        if j is None or not known:
-            return counts, cosines
+        wanted = [(t, self.index[i]) for t, i in enumerate(targets) if i in self.index]
+        if not known or not wanted:
+            return out
         at, rows = (list(x) for x in zip(*known, strict=True))
-        both = np.asarray((self._matrix_t[rows] @ self._matrix_t[j].T).toarray()).ravel()
-        counts[at] = both
-        cosines[at] = both / np.sqrt(np.maximum(self.popularity[rows], 1.0) * max(float(self.popularity[j]), 1.0))
-        return counts, cosines
+        where, cols = (list(x) for x in zip(*wanted, strict=True))
+        pop = np.maximum(self.popularity, 1.0)
+        scale = np.sqrt(pop[rows][:, None] * pop[cols][None, :])  # cosine = both / scale
+        if neighbours is None:
+            both = np.asarray((self._matrix_t[rows] @ self._matrix_t[cols].T).toarray())  # (items, targets)
+            cos = both / scale
+        else:
+            lists = self.neighbour_lists(neighbours)
+            cos = np.maximum(lists[rows][:, cols].toarray(), lists[cols][:, rows].toarray().T).astype(np.float64)
+            both = np.rint(cos * scale)
+        for c, t in enumerate(where):
+            counts, cosines = out[t]
+            counts[at] = both[:, c]
+            cosines[at] = cos[:, c]
+        return out
 
     def neighbours(self, items: Sequence[str]) -> np.ndarray:
         """Item-kNN score of every item for a pseudo-history of ``items`` ("like X": what people
@@ -280,15 +325,24 @@ class CollabModel:
         )
         return self._knn(row)[0]
 
-    def scores(self, histories: Sequence[Sequence[Interaction]], *, ease: bool = True) -> dict[str, np.ndarray]:
+    def scores(
+        self, histories: Sequence[Sequence[Interaction]], *, ease: bool = True, neighbours: int | None = None
+    ) -> dict[str, np.ndarray]:
         """The collaborative components (all but ``bert``), each (len(histories), n_items);
-        ``ease`` only when asked for and the catalog is small enough (``EASE_MAX_ITEMS``)."""
+        ``ease`` only when asked for and the catalog is small enough (``EASE_MAX_ITEMS``).
+        With ``neighbours`` (m), the item-kNN components sum each history item's top-m
+        neighbour list (``neighbour_lists``) instead of its full co-occurrence row: the
+        classic k-nearest-neighbour item-kNN, O(history x m) per user instead of a pass over
+        every interaction (the pool path, at any catalog size)."""
         h, idx, n = histories, self.index, len(histories)
         binary = history_matrix(h, idx)
         rows = sparse.vstack(
             [binary, history_matrix(h, idx, last=RECENT), history_matrix(h, idx, half_life=DECAY_HALF_LIFE)]
         ).tocsr()
-        knn = self._knn(rows)  # one pass for the three kNN variants
+        if neighbours is None:
+            knn = self._knn(rows)  # one pass for the three kNN variants
+        else:
+            knn = np.asarray((rows.astype(np.float32) @ self.neighbour_lists(neighbours)).toarray(), dtype=np.float32)
         last = history_matrix(h, idx, last=TRANSITION_LAST, half_life=TRANSITION_HALF_LIFE)
         out = {
             "knn": knn[:n],
@@ -549,17 +603,26 @@ def pool_sample(items: Iterable[str], size: int = POOL_SAMPLE) -> list[str]:
     return sorted(items, key=lambda i: (zlib.crc32(i.encode("utf-8")), i))[:size]
 
 
-def pool_rows(parts: Mapping[str, np.ndarray], weights: Mapping[str, float], n: int) -> set[int]:
+def pool_rows(
+    parts: Mapping[str, np.ndarray], weights: Mapping[str, float], n: int, *, model: CollabModel | None = None
+) -> set[int]:
     """The pool's collaborative candidates: the rows of the best ``n`` items of each
     weighted component of one user's ``parts`` (``CollabModel.scores``, one row each),
-    and of popularity whatever its weight."""
+    and of popularity whatever its weight (with ``model``: its cached ``popular_rows``)."""
     found: set[int] = set()
     for name, scores in parts.items():
         if name == "bert" or not (weights.get(name) or name == "popularity"):
             continue
-        row = np.asarray(scores).ravel()
-        found.update(int(j) for j in np.argpartition(-row, min(n, len(row) - 1))[:n])
+        if name == "popularity" and model is not None:
+            found |= model.popular_rows(n)
+            continue
+        found |= top_rows(np.asarray(scores).ravel(), n)
     return found
+
+
+def top_rows(scores: np.ndarray, n: int) -> set[int]:
+    """The rows of the ``n`` largest of ``scores`` (ties as ``np.argpartition`` breaks them)."""
+    return {int(j) for j in np.argpartition(-scores, min(n, len(scores) - 1))[:n]}
 
 
 def pool_scores(
