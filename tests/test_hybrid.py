@@ -58,6 +58,11 @@ def test_neighbour_lists_keep_each_items_nearest_and_give_the_knn_they_cover() -
     full = model.scores(hists[:10], ease=False, neighbours=len(items))  # every neighbour: the exact kNN
     for name in ("knn", "knn_recent", "knn_decay"):
         np.testing.assert_allclose(full[name], exact[name], atol=1e-5)
+    cols = np.array([3, 0, 77, 119, 3])
+    for u in range(10):  # knn_at: the exact values at some items only
+        at = model.knn_at(hists[u], cols)
+        for name in ("knn", "knn_recent", "knn_decay"):
+            np.testing.assert_allclose(at[name], exact[name][u, cols], atol=1e-5)
     lists = model.neighbour_lists(5)
     assert np.diff(lists.indptr).max() <= 5
     cosine = model._knn(sparse.identity(len(items), format="csr", dtype=np.float32))  # item x item cosines

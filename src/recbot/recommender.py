@@ -28,7 +28,15 @@ from recbot.errors import (
 from recbot.index import ForgetReport, Index
 from recbot.ingest import IngestReport
 from recbot.retrieval.embedder import BUNDLED_ENCODER_ID, Embedder, LazyEmbedder
-from recbot.retrieval.hybrid import CollabModel, HybridWeights, pool_rows, pool_sample, pool_scores, score_user
+from recbot.retrieval.hybrid import (
+    KNN_COMPONENTS,
+    CollabModel,
+    HybridWeights,
+    pool_rows,
+    pool_sample,
+    pool_scores,
+    score_user,
+)
 from recbot.retrieval.profile import blend_query, interest_profile
 from recbot.retrieval.ranking import mmr, unit_range
 from recbot.retrieval.store import ChromaStore, Filters, Snapshot, VectorStore, make_client
@@ -747,8 +755,10 @@ class Recommender:
         ``pool_size`` nearest items to the profile (and to the ask) on the ANN index, the
         best of each weighted collaborative component, the most popular, and, for an ask
         that names titles or tags, the best by those facts; they are scored by the served
-        blend (``hybrid.pool_scores``), item-kNN from each item's top ``pool_neighbours``
-        neighbour list. Returns the best ``candidates`` ids, their scores, and their vectors."""
+        blend (``hybrid.pool_scores``). Item-kNN finds candidates through each history
+        item's top ``pool_neighbours`` neighbour list and scores them exactly
+        (``CollabModel.knn_at``), z-scored by the sample. Returns the best ``candidates``
+        ids, their scores, and their vectors."""
         history, profile, ask, filters, exclude = r.history, r.profile, r.ask, r.filters, r.exclude
         anchors, tags, catalog, ask_weight = r.anchors, r.tags, r.catalog, r.ask_weight
         assert self._pool is not None
@@ -785,6 +795,10 @@ class Recommender:
             ask_scores, sample_ask = (matrix @ ask - mean) / std, (sample_cos - mean) / std
             if facts is not None:
                 ask_scores, sample_ask = ask_scores + facts[rows], sample_ask + facts[sample_rows]
+        # item-kNN at the candidates and the sample, exactly: the lists only found candidates
+        knn = [name for name in KNN_COMPONENTS if weights.get(name)]
+        exact = model.knn_at(history, np.concatenate([rows, sample_rows])) if knn else {}
+        known = {name: (exact[name][: len(rows)], exact[name][len(rows) :]) for name in knn}
         scores = pool_scores(
             parts,
             weights,
@@ -795,6 +809,7 @@ class Recommender:
             ask_scores,
             sample_ask,
             ask_weight,
+            known=known,
         )
         top = np.lexsort((np.arange(len(ids)), -scores))[: self.settings.candidates]  # best first, ties by id
         return [ids[j] for j in top], scores[top], {ids[j]: matrix[j] for j in top}

@@ -20,7 +20,16 @@ from recbot.config import Settings
 from recbot.eval.baselines import Components, components
 from recbot.eval.data import Dataset, Split
 from recbot.eval.ranking import f1_at_k, hit_rate_at_k, mrr_at_k, ndcg_at_k, precision_at_k, recall_at_k
-from recbot.retrieval.hybrid import EASE_LAMBDA, blend, choose_weights, pool_rows, pool_sample, pool_scores, top_k
+from recbot.retrieval.hybrid import (
+    EASE_LAMBDA,
+    KNN_COMPONENTS,
+    blend,
+    choose_weights,
+    pool_rows,
+    pool_sample,
+    pool_scores,
+    top_k,
+)
 from recbot.retrieval.ranking import mmr, unit_range
 from recbot.types import Interaction
 
@@ -114,8 +123,9 @@ def pool_top(
     ``pool_size`` items nearest the interest vector (exact here, where serving asks the
     ANN index), the best ``pool_size`` of each weighted collaborative component and the
     most popular; they are scored by ``pool_scores``, the cosines z-scored by the fixed
-    sample of items (``pool_sample``), item-kNN from each item's top ``neighbours``
-    neighbour list (None: every co-occurrence). Best ``k`` first, ties by item id."""
+    sample of items (``pool_sample``), as are item-kNN's, whose candidates come from each
+    history item's top ``neighbours`` neighbour list (None: from every co-occurrence).
+    Best ``k`` first, ties by item id."""
     collab = comp.parts
     if neighbours is not None:
         assert comp.model is not None, "components() keeps the model the pool path needs"
@@ -134,7 +144,9 @@ def pool_top(
         nearest = [int(j) for j in np.argsort(-content, kind="stable") if int(j) not in seen][:pool_size]
         rows = np.array(sorted((pool_rows(parts, weights, pool_size) | set(nearest)) - seen), dtype=np.int64)
         rows = rows[np.argsort(rank_of[rows])]  # serving sorts candidates by id
-        scores = pool_scores(parts, weights, rows, content[rows], sample, content[sample])
+        exact = {name: comp.parts[name][u] for name in KNN_COMPONENTS if weights.get(name)}
+        known = {name: (row[rows], row[sample]) for name, row in exact.items()}  # as knn_at gives them
+        scores = pool_scores(parts, weights, rows, content[rows], sample, content[sample], known=known)
         top = rows[np.lexsort((np.arange(len(rows)), -scores))][:k].tolist()
         if len(top) < k:  # a pool smaller than k: then the seen items, as top_k puts them last
             listed = set(top)

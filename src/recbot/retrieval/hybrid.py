@@ -67,6 +67,7 @@ __all__ = [
 ]
 
 COMPONENTS = ("knn", "knn_recent", "knn_decay", "transition", "ease", "bert", "popularity")
+KNN_COMPONENTS = ("knn", "knn_recent", "knn_decay")
 RECENT = 20  # knn_recent: the last this many items
 DECAY_HALF_LIFE = 5.0  # knn_decay: positions back
 TRANSITION_LAST, TRANSITION_HALF_LIFE, TRANSITION_WINDOW = 5, 2.0, 3
@@ -256,6 +257,26 @@ class CollabModel:
         if self._transposed is None:
             self._transposed = self.matrix.T.tocsr()
         return self._transposed
+
+    def knn_at(self, history: Sequence[Interaction], cols: np.ndarray) -> dict[str, np.ndarray]:
+        """One user's three item-kNN components (``scores``' exact values) at the item rows
+        ``cols`` only: reads the users of the history's items and of ``cols``, not every
+        interaction (the pool path scores its candidates with these)."""
+        rows = sparse.vstack(
+            [
+                history_matrix([history], self.index),
+                history_matrix([history], self.index, last=RECENT),
+                history_matrix([history], self.index, half_life=DECAY_HALF_LIFE),
+            ]
+        ).tocsr()
+        inv = (1.0 / np.sqrt(np.maximum(self.popularity, 1.0))).astype(np.float32)
+        held = np.unique(rows.indices)
+        out = np.zeros((3, len(cols)), dtype=np.float32)
+        if len(held) and len(cols):
+            coef = rows[:, held].toarray().astype(np.float32) * inv[held][None, :]  # (3, history items)
+            per_user = np.asarray(self._matrix_t[held].T @ coef.T)  # (users, 3)
+            out = np.asarray(self._matrix_t[cols] @ per_user).T * inv[cols][None, :]
+        return {"knn": out[0], "knn_recent": out[1], "knn_decay": out[2]}
 
     def popular_rows(self, n: int) -> set[int]:
         """The rows of the ``n`` most popular items (the popularity component's best), once."""
@@ -635,25 +656,30 @@ def pool_scores(
     ask: np.ndarray | None = None,
     sample_ask: np.ndarray | None = None,
     query_weight: float = 0.6,
+    known: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> np.ndarray:
     """``score_user``'s blend for the candidate item ``rows`` only (the pool path, where
-    not every item's text vector is at hand).
+    not every item's score is at hand).
 
     ``parts`` are one user's collaborative components over every item (``CollabModel.
     scores``, one row each), so their means and spreads are the catalog's, as in
-    ``score_user``. The cosines (``content`` to the interest vector, ``ask`` to the ask)
-    are known for the candidates only; their means and spreads come from a fixed sample of
-    items (``sample_rows``, with ``sample_content``/``sample_ask``), and so do those of the
-    hybrid score before the ask is mixed in.
+    ``score_user``. Components in ``known`` (name -> values at ``rows``, values at
+    ``sample_rows``; the item-kNN ones, ``CollabModel.knn_at``) and the cosines
+    (``content`` to the interest vector, ``ask`` to the ask) are known for the candidates
+    only; their means and spreads come from a fixed sample of items (``sample_rows``, with
+    ``sample_content``/``sample_ask``), and so do those of the hybrid score before the
+    ask is mixed in.
     """
     out = np.zeros(len(rows), dtype=np.float64)
     sample_out = np.zeros(len(sample_rows), dtype=np.float64)
+    known = known or {}
     for name in COMPONENTS:
         w = float(weights.get(name, 0.0))
         if not w:
             continue
-        if name == "bert":
-            cand, samp = np.asarray(content, dtype=np.float64), np.asarray(sample_content, dtype=np.float64)
+        if name == "bert" or name in known:
+            cand, samp = (content, sample_content) if name == "bert" else known[name]
+            cand, samp = np.asarray(cand, dtype=np.float64), np.asarray(samp, dtype=np.float64)
             mean, std = float(samp.mean()), float(samp.std())
         elif name in parts:
             full = np.asarray(parts[name]).ravel()
