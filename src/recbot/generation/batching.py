@@ -7,8 +7,12 @@ worker thread decodes the waiting requests together, in one of two ways:
 - ``continuous`` (the default when sampling): requests join the running decode between
   two steps and leave it as soon as their rows end, so a request never waits for a batch
   it was not part of, and rows that ended stop costing compute. Each request keeps its
-  own logits processors and token ids; only the model's forward pass is shared
-  (``decode.RunningBatch``).
+  own logits processors and token ids; the model's forward pass is shared
+  (``decode.RunningBatch``), and so is the work of the processors ``write`` uses (new-text
+  repetition, copy bias, word or sentence constraint: ``_Shared``), done once a step for
+  the running rows of all requests, on each row's few allowed tokens only, with the
+  values each request's own processors give (bit for bit, float32). A request with other
+  processors runs its own.
 - ``window``: the first waiting request waits up to ``window_s`` for company (or until
   ``max_rows`` rows are waiting), then all are decoded in one ``generate`` call, which
   runs to its end before the next batch starts. Beam search (``temperature == 0``) always
@@ -274,12 +278,13 @@ class Batcher:
                 try:
                     group = _Group.start(writer, request)
                     with writer._lock, torch.inference_mode():
-                        prefix = writer.prefix_cache(request.prompts, group.rows.per_prompt)
+                        prefix = writer.prefix_cache(request.prompts, 1)  # the batch gives it to each candidate
                 except BaseException as exc:  # this request fails alone
                     logger.exception("a blurb request could not start")
                     request.future.set_exception(exc)
                     continue
-                joining.append((prefix, group.rows.attention_mask[:, :-1], group.rows.input_ids[:, -1]))
+                rows = group.rows
+                joining.append((prefix, rows.attention_mask[:, :-1], rows.input_ids[:, -1], rows.per_prompt))
                 joined.append(group)
             if joining:  # the rows that ended leave as the new ones join
                 groups += joined
@@ -315,35 +320,62 @@ class Batcher:
     def _advance(groups: list[_Group], owners: list[tuple[_Group, int]], logits: Any, batch: Any) -> None:
         """Each request's processors on its rows of the step's ``logits``, one draw for all
         rows (each with its own generator: see ``writer._RowSampler``), each request takes
-        its tokens, and the batch feeds them next."""
+        its tokens, and the batch feeds them next.
+
+        Requests whose processors the batch knows (``_Group.shared``) are scored together,
+        on their allowed tokens only (``_shared_scores``: the same float32 scores, token for
+        token, as their own processors give); the others run their own processors."""
         import torch
 
-        from recbot.generation.writer import draw
+        from recbot.generation.writer import draw_tokens
 
         where: dict[int, tuple[list[int], list[int]]] = {}
         for i, (group, row) in enumerate(owners):
             entry = where.setdefault(id(group), ([], []))
             entry[0].append(i)
             entry[1].append(row)
+        finite: bool | None = None
+        shared: dict[tuple[Any, ...], list[tuple[_Group, list[int], list[int]]]] = {}  # by processor settings
         scored: list[tuple[_Group, Any, list[int], list[int]]] = []
         for group in groups:
             batch_rows, rows = where.get(id(group), ([], []))
+            if group.shared is not None:
+                if finite is None:  # a NaN or inf logit would reach the masked tokens: each its own way then
+                    finite = bool(torch.isfinite(logits.sum()))
+                if finite:
+                    shared.setdefault(group.shared.key, []).append((group, batch_rows, rows))
+                    continue
             try:
                 with torch.inference_mode():
                     scored.append((group, group.scores(logits, batch_rows, rows), batch_rows, rows))
             except BaseException as exc:  # this request's processors failed: it fails alone
                 logger.exception("a blurb request failed while decoding")
                 group.fail(exc)
-        if not scored:
-            return
-        sampler = scored[0][0].sampler
-        generators = [g for group, *_ in scored for g in group.sampler.generators]
-        drawn = draw(torch.cat([s for _, s, *_ in scored]), generators, sampler.temperature, sampler.top_p)
-        tokens = drawn.argmax(dim=-1)
-        start = 0
-        for group, _, batch_rows, rows in scored:
-            mine = group.accept(tokens[start : start + group.size])
-            start += group.size
+        taken: list[tuple[_Group, Any, list[int], list[int]]] = []  # a request, its drawn tokens, its rows
+        for entries in shared.values():
+            with torch.inference_mode():
+                scores, spans = _shared_scores(entries, logits)
+            if not spans:
+                continue
+            sampler = spans[0][0].sampler
+            generators = [group.sampler.generators[r] for group, _, rows in spans for r in rows]
+            tokens = draw_tokens(scores, generators, sampler.temperature, sampler.top_p)
+            start = 0
+            for group, batch_rows, rows in spans:  # rows that ended draw nothing: accept pads them
+                drawn = torch.zeros(group.size, dtype=torch.long)
+                drawn[rows] = tokens[start : start + len(rows)]
+                start += len(rows)
+                taken.append((group, drawn, batch_rows, rows))
+        if scored:
+            sampler = scored[0][0].sampler
+            generators = [g for group, *_ in scored for g in group.sampler.generators]
+            tokens = draw_tokens(torch.cat([s for _, s, *_ in scored]), generators, sampler.temperature, sampler.top_p)
+            start = 0
+            for group, _, batch_rows, rows in scored:
+                taken.append((group, tokens[start : start + group.size], batch_rows, rows))
+                start += group.size
+        for group, drawn, batch_rows, rows in taken:
+            mine = group.accept(drawn)
             batch.feed[batch_rows] = mine[rows]
 
 
@@ -360,6 +392,8 @@ class _Group:
     streamer: Any
     before: Any  # the processors but the sampler
     sampler: Any  # writer._RowSampler
+    shared: _Shared | None = None  # its processors, when the batch can run them for many requests at once
+    new: list[list[int]] = field(default_factory=list)  # each row's generated tokens (kept with ``shared``)
     steps: int = 0
     done: bool = False
 
@@ -379,7 +413,10 @@ class _Group:
         *before, sampler = rows.processors
         if not isinstance(sampler, _RowSampler):
             raise TypeError("continuous batching needs sampled rows (temperature > 0)")
-        return cls(request, writer, rows, rows.input_ids, live, streamer, LogitsProcessorList(before), sampler)
+        group = cls(request, writer, rows, rows.input_ids, live, streamer, LogitsProcessorList(before), sampler)
+        group.shared = _Shared.of(before, rows.input_ids)
+        group.new = [[] for _ in range(group.size)]
+        return group
 
     @property
     def size(self) -> int:
@@ -400,6 +437,11 @@ class _Group:
         tokenizer = self.writer.tokenizer
         tokens = torch.where(self.live, drawn, tokenizer.pad_token_id)
         self.ids = torch.cat([self.ids, tokens[:, None]], dim=1)
+        if self.shared is not None:
+            taken = tokens.tolist()
+            for r in self.live.nonzero()[:, 0].tolist():
+                self.shared.took(r, self.new[r], taken[r])
+                self.new[r].append(taken[r])
         if self.streamer is not None:
             self.streamer.put(tokens)
         self.live &= tokens != tokenizer.eos_token_id
@@ -418,6 +460,167 @@ class _Group:
         if not self.request.future.done():
             self.request.future.set_exception(exc)
         self.done = True
+
+
+@dataclass
+class _Allowed:
+    """The tokens a row may take next, once per text so far (a prompt's candidates often
+    share theirs): as a tensor, each token's place in it, and the places of the tokens that
+    get the copy bias."""
+
+    tokens: Any  # LongTensor, sorted
+    place: dict[int, int]  # token -> its index in ``tokens``
+    biased: list[int]  # the places of the copy source's tokens
+
+
+class _Shared:
+    """A request's processors in the form the batch runs for all requests at once: the
+    repetition control on new text, the copy bias and the sentence or word constraint
+    (``writer._NewTextRepetition``, ``writer._CopyBias``, ``constrain.AllowedSentences`` /
+    ``AllowedWords``, in that order, the first two optional), with each row's state kept
+    as it grows: the tokens it generated (``_Group.new``), the (n-1)-grams they hold and
+    what followed each, and the prompt's last two tokens.
+
+    Because the constraint sends every token but a few to -inf, the others' scores cannot
+    matter: ``_shared_scores`` works out the scores of a row's allowed tokens only, with the
+    same float32 operations, in the same order, as the processors apply to the whole row;
+    ``allowed_after`` says which tokens those are, and which of them each operation touches."""
+
+    def __init__(self, rep: Any, copy: Any, allowed: Any, tails: list[list[int]]) -> None:
+        self.rep, self.copy, self.allowed = rep, copy, allowed
+        self.tails = tails  # each row's last two prompt tokens
+        rows = len(tails)
+        self.seen: list[set[int]] = [set() for _ in range(rows)]  # tokens each row generated
+        self.grams: list[dict[tuple[int, ...], set[int]]] = [{} for _ in range(rows)]  # (n-1)-gram -> next tokens
+        self.step_allowed: dict[tuple[int, tuple[int, ...]], _Allowed] = {}  # this step's, by prompt and text
+        # the settings its step's operations take: requests with the same key share one
+        self.key = (rep.penalty if rep else 1.0, rep.n if rep else 0, copy.bias if copy else None)
+
+    @classmethod
+    def of(cls, before: Sequence[Any], input_ids: Any) -> _Shared | None:
+        """The plan for processors ``before`` the sampler, or None when the batch does not
+        know them (each runs its own processors then)."""
+        from recbot.generation.constrain import AllowedSentences, AllowedWords
+        from recbot.generation.writer import _CopyBias, _NewTextRepetition
+
+        procs = list(before)
+        if not procs or type(procs[-1]) not in (AllowedSentences, AllowedWords):
+            return None
+        allowed = procs.pop()
+        rep = procs.pop(0) if procs and type(procs[0]) is _NewTextRepetition else None
+        copy = procs.pop(0) if procs and type(procs[0]) is _CopyBias else None
+        if procs or (copy is not None and input_ids.shape[1] < 2):  # a one-token prompt: the copy bias's own error
+            return None
+        return cls(rep, copy, allowed, input_ids[:, -2:].tolist())
+
+    def took(self, r: int, new: list[int], token: int) -> None:
+        """Row ``r``, which generated ``new``, takes ``token``."""
+        self.seen[r].add(token)
+        n = self.rep.n if self.rep else 0
+        if n > 1 and len(new) >= n - 1:
+            self.grams[r].setdefault(tuple(new[len(new) - n + 1 :]), set()).add(token)
+
+    def allowed_after(self, r: int, new: list[int], width: int) -> tuple[_Allowed, list[int], list[int], list[int]]:
+        """Row ``r``'s allowed tokens after ``new`` and, as places among them, those the
+        repetition penalty lowers, those a repeated n-gram bans, and those that continue a
+        source span (``2 * bias`` more)."""
+        import torch
+
+        key = (r // self.allowed.repeat, tuple(new))
+        allowed = self.step_allowed.get(key)
+        if allowed is None:
+            tokens = sorted({t for t in self.allowed.allowed_ids(r, new) if t < width})
+            place = {t: i for i, t in enumerate(tokens)}
+            source = self.copy.source[r // self.copy.repeat] if self.copy is not None else ()
+            biased = sorted(place[t] for t in source if t in place)
+            allowed = self.step_allowed[key] = _Allowed(torch.tensor(tokens, dtype=torch.long), place, biased)
+        place = allowed.place
+        penalised: list[int] = []
+        banned: list[int] = []
+        rep = self.rep
+        if rep is not None and new:
+            seen = self.seen[r]
+            if rep.penalty != 1.0:
+                penalised = [place[t] for t in seen if t in place]
+            if rep.n == 1:
+                banned = [place[t] for t in seen if t in place]
+            elif rep.n > 1 and len(new) >= rep.n:
+                banned = [place[t] for t in self.grams[r].get(tuple(new[len(new) - rep.n + 1 :]), ()) if t in place]
+        following: list[int] = []
+        if self.copy is not None:
+            a, b = (self.tails[r] + new[-2:])[-2:]
+            following = [place[t] for t in self.copy.follows(r, a, b) or () if t in place]
+        return allowed, penalised, banned, following
+
+
+def _shared_scores(
+    entries: Sequence[tuple[_Group, list[int], list[int]]], logits: Any
+) -> tuple[Any, list[tuple[_Group, list[int], list[int]]]]:
+    """The scores of the running rows of requests that share their processors
+    (``_Group.shared``, all with the same ``key``), from the step's ``logits``: one row a
+    running row, in ``entries`` order, each -inf but at its allowed tokens, where it holds
+    what the request's own processors give (the same float32 values, bit for bit, when
+    the logits are finite). Returns them and the requests scored (``(group, batch rows,
+    rows)``; a request whose constraint fails fails alone and is left out)."""
+    import torch
+
+    width = logits.shape[1]
+    tokens: list[Any] = []  # each running row's allowed tokens ...
+    at: list[int] = []  # ... its row in logits
+    # the places, among all rows' allowed tokens, that each operation touches:
+    penalised: list[int] = []
+    banned: list[int] = []
+    biased: list[int] = []
+    following: list[int] = []
+    done: list[tuple[_Group, list[int], list[int]]] = []
+    offset = 0
+    for group, batch_rows, rows in entries:
+        plan = group.shared
+        assert plan is not None
+        try:
+            plan.step_allowed.clear()
+            parts = [plan.allowed_after(r, group.new[r], width) for r in rows]
+        except BaseException as exc:  # this request's constraint failed: it fails alone
+            logger.exception("a blurb request failed while decoding")
+            group.fail(exc)
+            continue
+        for b, (allowed, pen, ban, follow) in zip(batch_rows, parts, strict=True):
+            tokens.append(allowed.tokens)
+            at.append(b)
+            penalised += [offset + i for i in pen]
+            banned += [offset + i for i in ban]
+            biased += [offset + i for i in allowed.biased]
+            following += [offset + i for i in follow]
+            offset += len(allowed.place)
+        done.append((group, batch_rows, rows))
+    scores = torch.full((len(at), width), float("-inf"), dtype=logits.dtype)
+    if not offset:
+        return scores, done
+    keys = {group.shared.key for group, _, _ in done}  # type: ignore[union-attr]
+    if len(keys) > 1:
+        raise ValueError(f"requests with different processor settings cannot share a step: {keys}")
+    penalty, _, copy_bias = keys.pop()
+    token = torch.cat(tokens)
+    counts = torch.tensor([len(t) for t in tokens])
+    value = logits[torch.repeat_interleave(torch.tensor(at, dtype=torch.long), counts), token]
+    # the processors' operations, in their order, on the allowed tokens' scores:
+    if penalised:  # _NewTextRepetition: the penalty ...
+        i = torch.tensor(penalised, dtype=torch.long)
+        v = value[i]
+        value[i] = torch.where(v > 0, v / penalty, v * penalty)
+    if banned:  # ... and the repeated n-grams
+        value[torch.tensor(banned, dtype=torch.long)] = float("-inf")
+    if copy_bias is not None:  # _CopyBias: scores + (bias on source tokens, plus 2 * bias after a span's start)
+        extra = torch.zeros(offset, dtype=torch.float32)
+        extra[torch.tensor(biased, dtype=torch.long)] = copy_bias
+        if following:
+            i = torch.tensor(following, dtype=torch.long)
+            extra[i] = extra[i] + 2 * copy_bias
+        value = value + extra.to(value.dtype)
+    scores[torch.repeat_interleave(torch.arange(len(at)), counts), token] = (
+        value + 0.0
+    )  # the constraint: scores + its 0 mask
+    return scores, done
 
 
 def _fail_all(groups: list[_Group], exc: BaseException, model: Any) -> tuple[Any, list[Any], list[_Group]]:

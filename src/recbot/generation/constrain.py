@@ -143,30 +143,25 @@ class AllowedWords:
             ids += self.table.other_bytes
         return ids
 
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        import torch
+    def allowed_ids(self, r: int, new: list[int]) -> list[int]:
+        """The token ids row ``r`` may take next, after generating ``new``."""
+        p = r // self.repeat
+        text = self.leads[p] + (self.decode(new) if new else "")
+        partial = "" if not text or text[-1].isspace() else _trailing_word(text)
+        if partial:
+            ids = self._inner_ids(p, partial)
+        elif text and not text[-1].isspace():  # a word may start right after '"' or '('
+            ids = self._bare_starts(p)
+        else:
+            ids = []
+        if not partial or partial in self.allowed[p] or not new:  # the opening's last word is ours
+            ids = ids + self._start_ids(p)
+            if not new:  # an empty continuation is no blurb: write at least one token
+                ids = [i for i in ids if i != self.table.eos]
+        return ids or [self.table.eos]  # never leave a row without a way out
 
-        mask = torch.full_like(scores, float("-inf"))
-        width = scores.shape[-1]
-        for r in range(input_ids.shape[0]):
-            p = r // self.repeat
-            new = input_ids[r, self.prompt_len :].tolist()
-            text = self.leads[p] + (self.decode(new) if new else "")
-            partial = "" if not text or text[-1].isspace() else _trailing_word(text)
-            if partial:
-                ids = self._inner_ids(p, partial)
-            elif text and not text[-1].isspace():  # a word may start right after '"' or '('
-                ids = self._bare_starts(p)
-            else:
-                ids = []
-            if not partial or partial in self.allowed[p] or not new:  # the opening's last word is ours
-                ids = ids + self._start_ids(p)
-                if not new:  # an empty continuation is no blurb: write at least one token
-                    ids = [i for i in ids if i != self.table.eos]
-            if not ids:  # never leave a row without a way out
-                ids = [self.table.eos]
-            mask[r, [i for i in ids if i < width]] = 0.0
-        return scores + mask
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        return _mask_all_but(self, input_ids, scores)
 
 
 def _trailing_word(text: str) -> str:
@@ -234,13 +229,21 @@ class AllowedSentences:
             ids.append(self.table.eos)
         return ids or [self.table.eos]
 
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        import torch
+    def allowed_ids(self, r: int, new: list[int]) -> list[int]:
+        """The token ids row ``r`` may take next, after generating ``new``."""
+        return self.allowed_next(r // self.repeat, self.decode(new) if new else "")
 
-        mask = torch.full_like(scores, float("-inf"))
-        width = scores.shape[-1]
-        for r in range(input_ids.shape[0]):
-            new = input_ids[r, self.prompt_len :].tolist()
-            text = self.decode(new) if new else ""
-            mask[r, [i for i in self.allowed_next(r // self.repeat, text) if i < width]] = 0.0
-        return scores + mask
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        return _mask_all_but(self, input_ids, scores)
+
+
+def _mask_all_but(constraint: AllowedWords | AllowedSentences, input_ids: torch.Tensor, scores: torch.Tensor) -> Any:
+    """``scores`` with every token but each row's ``allowed_ids`` at -inf (the processor's step)."""
+    import torch
+
+    mask = torch.full_like(scores, float("-inf"))
+    width = scores.shape[-1]
+    for r in range(input_ids.shape[0]):
+        new = input_ids[r, constraint.prompt_len :].tolist()
+        mask[r, [i for i in constraint.allowed_ids(r, new) if i < width]] = 0.0
+    return scores + mask

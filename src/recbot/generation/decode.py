@@ -9,11 +9,13 @@
   token a step, in row slots of preallocated buffers; requests join (left-padded to the
   batch's columns) and leave between steps without the cache being copied whole.
   ``recbot.generation.batching`` drives it.
+- ``prefill``: the cache of a batch of prompts, without the work the cache does not keep.
 - ``positions``: GPT-2 position ids for left-padded rows, as ``generate`` makes them.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +24,7 @@ from transformers.cache_utils import Cache, DynamicLayer
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["GrowingLayer", "PreparedRows", "RunningBatch", "SlotLayer", "growing_cache", "positions"]
+__all__ = ["GrowingLayer", "PreparedRows", "RunningBatch", "SlotLayer", "growing_cache", "positions", "prefill"]
 
 
 @dataclass
@@ -124,6 +126,47 @@ class GrowingLayer(DynamicLayer):
 def growing_cache() -> Cache:
     """An empty cache of ``GrowingLayer``s (one added per model layer on first use)."""
     return Cache(layer_class_to_replicate=GrowingLayer)
+
+
+class _Prefilled(Exception):
+    """A ``_PrefixCache`` holds every layer's keys and values: the forward can stop."""
+
+
+class _PrefixCache(Cache):
+    """A growing cache that stops the forward pass (``_Prefilled``) once layer ``stop_at``
+    has stored its keys and values; ``stop_at = -1`` makes it a plain growing cache."""
+
+    def __init__(self, stop_at: int) -> None:
+        super().__init__(layer_class_to_replicate=GrowingLayer)
+        self.stop_at = stop_at
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kw: Any
+    ) -> Any:
+        out = super().update(key_states, value_states, layer_idx, *args, **kw)
+        if layer_idx == self.stop_at:
+            raise _Prefilled
+        return out
+
+
+def prefill(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Cache:
+    """The growing cache of left-padded ``input_ids``, as a forward pass with ``use_cache``
+    leaves it: every layer's keys and values, positions following the padding. The pass
+    stops as the last layer stores its keys and values: that layer's attention, MLP and
+    the logits are all a cache does not keep (a fifth of a 4-layer model's prompt work),
+    and nothing before that point changes, so the cache is the full pass's, bit for bit."""
+    cache = _PrefixCache(int(model.config.n_layer) - 1)
+    with contextlib.suppress(_Prefilled):
+        model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=positions(attention_mask),
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+    cache.stop_at = -1
+    return cache
 
 
 class SlotLayer(DynamicLayer):
@@ -230,36 +273,39 @@ class RunningBatch:
         self.width += by
 
     def add(
-        self, joining: list[tuple[Cache, torch.Tensor, torch.Tensor]], keep: torch.Tensor | None = None
+        self, joining: list[tuple[Cache, torch.Tensor, torch.Tensor, int]], keep: torch.Tensor | None = None
     ) -> list[int]:
-        """Append rows, one ``(prefix, mask, last)`` a request: ``prefix`` caches its
-        prompts but the last token (``mask`` its columns), ``last`` is each row's last
-        prompt token, which the next step feeds. ``keep``: the running rows to keep (all
-        when None). Returns the order of the kept old rows (the new rows follow them)."""
+        """Append rows, one ``(prefix, mask, last, repeat)`` a request: ``prefix`` caches
+        its prompts but the last token, once a prompt; each prompt has ``repeat`` rows
+        (its candidates), which share that cache; ``mask`` is the rows' columns of it, and
+        ``last`` each row's last prompt token, which the next step feeds. ``keep``: the
+        running rows to keep (all when None). Returns the order of the kept old rows (the
+        new rows follow them)."""
         order = self.keep(keep) if keep is not None else list(range(self.rows))
-        parts = [(_kvs(prefix), mask.long(), last) for prefix, mask, last in joining]
-        widest = max(m.shape[1] for _, m, _ in parts)
+        parts = [(_kvs(prefix), mask.long(), last, repeat) for prefix, mask, last, repeat in joining]
+        widest = max(m.shape[1] for _, m, _, _ in parts)
         if self.rows and widest > self.width:  # a longer prompt: every running row moves right
             self._make_room(widest + 1 - self.width)
             self._shift(widest - self.width)
         elif not self.rows:
             self.width = widest
-        added = sum(m.shape[0] for _, m, _ in parts)
+        added = sum(m.shape[0] for _, m, _, _ in parts)
         slots, columns = (self.mask.shape[0], self.mask.shape[1]) if self.mask is not None else (0, 0)
         if self.rows + added > slots or self.width + 1 > columns:
             self._alloc(max(slots, self.rows + added + self.room), self.width + self.room)
         assert self.mask is not None and self.position is not None and self.feed is not None
         start = self.rows
-        for kv, mask, last in parts:
+        for kv, mask, last, repeat in parts:
             count, t = mask.shape
             stop = start + count
             self.mask[start:stop] = 0
             self.mask[start:stop, self.width - t : self.width] = mask
             for layer, (k, v) in zip(self.layers, kv, strict=False):
-                layer.k_buf[start:stop, :, : self.width] = 0
-                layer.v_buf[start:stop, :, : self.width] = 0
-                layer.k_buf[start:stop, :, self.width - t : self.width] = k
-                layer.v_buf[start:stop, :, self.width - t : self.width] = v
+                for buf, new in ((layer.k_buf, k), (layer.v_buf, v)):
+                    buf[start:stop, :, : self.width - t] = 0
+                    # each prompt's cache into its ``repeat`` rows, in one copy (no repeated cache made)
+                    rows = buf[start:stop].unflatten(0, (count // repeat, repeat))
+                    rows[:, :, :, self.width - t : self.width] = new[:, None]
             self.position[start:stop] = mask.sum(-1)  # the last token's position: after the prefix's tokens
             self.feed[start:stop] = last
             start = stop

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from recbot.config import Settings
 from recbot.errors import BusyError, ModelNotFoundError
-from recbot.generation.decode import PreparedRows, growing_cache, positions
+from recbot.generation.decode import PreparedRows, growing_cache, prefill
 from recbot.generation.fluency import FluencyModel
 from recbot.generation.guard import OPENING_WORD, TitleIndex, check_blurb, template_blurb
 from recbot.generation.prompts import (
@@ -34,12 +34,24 @@ from recbot.types import BlurbUpdate, Interaction, Item, Recommendation
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["GPT2Writer", "LazyWriter", "resolve_generator"]
+__all__ = ["GPT2Writer", "LazyWriter", "read_card", "resolve_generator"]
 
 logger = logging.getLogger(__name__)
 
 GENERATOR_DIR = "generator"  # inside the data dir: where train-generator writes
 FLUENCY_FILE = "fluency_corpus.txt"  # beside the weights: the text the fluency model is fitted on
+
+
+def read_card(generator_dir: str | Path) -> dict[str, Any]:
+    """The ``card.json`` beside a trained generator ({} when there is none). Cards are
+    written as strict JSON (a measure that could not be taken, such as the held-out
+    perplexity without held-out examples, is ``null``); a ``NaN`` or ``Infinity`` in a card
+    written before that is read as None too."""
+    path = Path(generator_dir) / "card.json"
+    if not path.is_file():
+        return {}
+    card = json.loads(path.read_text(encoding="utf-8"), parse_constant=lambda _name: None)
+    return card if isinstance(card, dict) else {}
 
 
 def resolve_generator(settings: Settings) -> str:
@@ -145,8 +157,7 @@ class GPT2Writer:
         model = load_pretrained(GPT2LMHeadModel, name_or_path, use_safetensors=True)
         corpus = Path(name_or_path) / FLUENCY_FILE
         fluency = FluencyModel.fit(corpus.read_text(encoding="utf-8").splitlines()) if corpus.is_file() else None
-        card_file = Path(name_or_path) / "card.json"
-        card = json.loads(card_file.read_text()) if card_file.is_file() else {}
+        card = read_card(name_or_path)
         return cls(
             model,
             tokenizer,
@@ -274,17 +285,10 @@ class GPT2Writer:
             list(prompts), return_tensors="pt", padding=True, truncation=True, max_length=max_prompt
         )
         ids, mask = unique["input_ids"][:, :-1], unique["attention_mask"][:, :-1]
-        cache = growing_cache()
-        if ids.shape[1]:
-            self.model(
-                input_ids=ids,
-                attention_mask=mask,
-                position_ids=positions(mask),
-                cache=cache,
-                use_cache=True,
-                logits_to_keep=1,
-            )
-            cache.batch_repeat_interleave(n)
+        if not ids.shape[1]:
+            return growing_cache()
+        cache = prefill(self.model, ids, mask)
+        cache.batch_repeat_interleave(n)
         return cache
 
     def _processors(
@@ -328,46 +332,15 @@ class GPT2Writer:
             )
         return LogitsProcessorList(processors)
 
-    def _copy_bias(self, sources: Sequence[str], repeat: int) -> Any:
-        """A logits processor that copies well: every source token gets ``copy_bias``, and
-        the tokens that *continue* a source span from the last one or two generated tokens
-        get ``2 * copy_bias`` more (an induction head the small model has not learned)."""
-        import torch
-
+    def _copy_bias(self, sources: Sequence[str], repeat: int) -> _CopyBias:
+        """The copy-bias processor of ``sources`` (one a prompt; ``repeat`` rows each)."""
         vocab = int(self.model.config.vocab_size)
         special = set(self.tokenizer.all_special_ids)
         seqs: list[list[int]] = []
         for text in sources:
             ids = self.tokenizer(" " + text, add_special_tokens=False)["input_ids"]
             seqs.append([i for i in ids if i not in special and i < vocab])
-        mask = torch.zeros((len(sources), vocab), dtype=torch.float32)
-        follow1: list[dict[int, set[int]]] = []
-        follow2: list[dict[tuple[int, int], set[int]]] = []
-        for row, ids in enumerate(seqs):
-            mask[row, list(set(ids))] = 1.0
-            f1: dict[int, set[int]] = {}
-            f2: dict[tuple[int, int], set[int]] = {}
-            for a, b in itertools.pairwise(ids):
-                f1.setdefault(a, set()).add(b)
-            for a, b, c in zip(ids, ids[1:], ids[2:], strict=False):
-                f2.setdefault((a, b), set()).add(c)
-            follow1.append(f1)
-            follow2.append(f2)
-        bias = float(self.settings.copy_bias)
-
-        def process(input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-            width = scores.shape[-1]
-            extra = torch.zeros_like(scores)
-            extra += bias * mask.repeat_interleave(repeat, dim=0)[:, :width].to(scores.device, scores.dtype)
-            last = input_ids[:, -2:].tolist()
-            for r, (a, b) in enumerate(last):
-                src = r // repeat
-                nxt = follow2[src].get((a, b)) or follow1[src].get(b)
-                if nxt:
-                    extra[r, [t for t in nxt if t < width]] += 2 * bias
-            return scores + extra
-
-        return process
+        return _CopyBias(seqs, repeat, vocab, float(self.settings.copy_bias))
 
     def stream_jobs(self, jobs: Sequence[BlurbJob], catalog: Mapping[str, Item]) -> Iterator[BlurbUpdate]:
         """``write`` for one list, streamed: ``BlurbUpdate(i, opening + text so far)`` as
@@ -602,7 +575,31 @@ NUCLEUS_K = 64  # a nucleus is looked for among a row's 64 most likely tokens fi
 
 def draw(scores: torch.Tensor, generators: Sequence[torch.Generator], temperature: float, top_p: float) -> torch.Tensor:
     """``_RowSampler``'s step: row r's token drawn with ``generators[r]``; every other
-    token's score -inf (a row with nothing allowed keeps its scores).
+    token's score -inf (a row with nothing allowed keeps its scores)."""
+    import torch
+
+    token, stuck = _draw(scores, generators, temperature, top_p)
+    out = torch.full_like(scores, float("-inf"))
+    out[torch.arange(scores.shape[0]), token] = 0.0
+    out[stuck] = scores[stuck]
+    return out
+
+
+def draw_tokens(
+    scores: torch.Tensor, generators: Sequence[torch.Generator], temperature: float, top_p: float
+) -> torch.Tensor:
+    """The tokens greedy decoding takes after ``draw``: ``draw(...).argmax(-1)``, without
+    the scores matrix (the continuous batcher needs the tokens only)."""
+    token, stuck = _draw(scores, generators, temperature, top_p)
+    if bool(stuck.any()):
+        token[stuck] = scores[stuck].argmax(dim=-1)
+    return token
+
+
+def _draw(
+    scores: torch.Tensor, generators: Sequence[torch.Generator], temperature: float, top_p: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's drawn token, and which rows have nothing allowed (``stuck``).
 
     Nucleus sampling by Gumbel-max: argmax(log p + Gumbel noise) over the nucleus is a draw
     from it. A row's nucleus is found among its ``NUCLEUS_K`` most likely tokens when their
@@ -634,11 +631,8 @@ def draw(scores: torch.Tensor, generators: Sequence[torch.Generator], temperatur
         sorted_p = sorted_logp.exp()
         kept = sorted_logp.masked_fill((torch.cumsum(sorted_p, 0) - sorted_p) >= top_p, float("-inf"))
         token[r] = order[(kept + _gumbel(torch.rand(vocab, generator=generators[r]))).argmax()]
-    out = torch.full_like(scores, float("-inf"))
-    out[torch.arange(rows), token] = 0.0
     stuck = ~torch.isfinite(logp).any(dim=-1)  # nothing allowed: leave the row to greedy as it is
-    out[stuck] = scores[stuck]
-    return out
+    return token, stuck
 
 
 def _gumbel(uniform: torch.Tensor) -> torch.Tensor:
@@ -677,6 +671,54 @@ class _NewTextRepetition:
             rows, cols = (windows == prefix[:, None, :]).all(dim=-1).nonzero(as_tuple=True)
             scores[rows, follows[rows, cols]] = float("-inf")
         return scores
+
+
+class _CopyBias:
+    """A logits processor that copies well: every source token gets ``bias``, and the
+    tokens that *continue* a source span from the last one or two generated tokens get
+    ``2 * bias`` more (an induction head the small model has not learned).
+
+    ``sources`` holds each prompt's source token ids (``repeat`` rows a prompt). The
+    continuous batcher reads ``source``, ``follows`` and ``bias`` to give the same biases
+    to the allowed tokens of many requests' rows at once (``batching._Shared``).
+    """
+
+    def __init__(self, sources: Sequence[list[int]], repeat: int, vocab: int, bias: float) -> None:
+        import torch
+
+        self.repeat = repeat
+        self.bias = bias
+        self.source = [frozenset(ids) for ids in sources]  # per prompt: the tokens that get ``bias``
+        mask = torch.zeros((len(sources), vocab), dtype=torch.float32)
+        self.follow1: list[dict[int, set[int]]] = []
+        self.follow2: list[dict[tuple[int, int], set[int]]] = []
+        for row, ids in enumerate(sources):
+            mask[row, list(self.source[row])] = 1.0
+            f1: dict[int, set[int]] = {}
+            f2: dict[tuple[int, int], set[int]] = {}
+            for a, b in itertools.pairwise(ids):
+                f1.setdefault(a, set()).add(b)
+            for a, b, c in zip(ids, ids[1:], ids[2:], strict=False):
+                f2.setdefault((a, b), set()).add(c)
+            self.follow1.append(f1)
+            self.follow2.append(f2)
+        # every row's base bias, made once: the same float32 values each step
+        self.base = torch.zeros((len(sources) * repeat, vocab), dtype=torch.float32)
+        self.base += bias * mask.repeat_interleave(repeat, dim=0)
+
+    def follows(self, row: int, a: int, b: int) -> set[int] | None:
+        """The tokens that continue a source span of ``row``'s prompt after ``a``, ``b``."""
+        src = row // self.repeat
+        return self.follow2[src].get((a, b)) or self.follow1[src].get(b)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        rows, width = scores.shape
+        extra = self.base[:rows, :width].to(scores.device, scores.dtype, copy=True)
+        for r, (a, b) in enumerate(input_ids[:, -2:].tolist()):
+            nxt = self.follows(r, a, b)
+            if nxt:
+                extra[r, [t for t in nxt if t < width]] += 2 * self.bias
+        return scores + extra
 
 
 def copy_source(item: Item, history: Sequence[tuple[Item, Interaction]]) -> str:
