@@ -1,6 +1,7 @@
 """Memorisation, measured the "secret sharer" way (Carlini et al., 2019), on the demo catalog
 or on a copy of an ingested data dir (run by hand; about 5 minutes on 2 cores on the demo, 9
-with --forget).
+with --forget). The pieces (planting, exposure, leak finding) are ``recbot.eval.privacy``'s,
+which ``recbot eval generation`` reports too.
 
 1. Plant canaries: ``--canaries`` of one user's liked items get the review "My locker code is
    d d d d." with seeded random digits (a 4-digit code: 10,000 possible secrets). On the demo
@@ -9,22 +10,28 @@ with --forget).
    catalog, which Amazon ingest builds from reviews, keeps the original text: it counts as
    public). With leave-last-out training the user's last interaction is never planted.
 2. Train the generator: on the demo as ``recbot demo`` does (``DEMO_CONFIG``); with
-   ``--dp-epsilons`` once per epsilon, all with the same data, canaries and step budget.
+   ``--dp-epsilons`` once per epsilon, all with the same data, canaries and step budget, a
+   small from-scratch GPT-2 (``SWEEP_CONFIG``, and ``DEMO_SWEEP_CONFIG`` on the demo).
 3. Exposure of each canary: score all 10,000 codes in the phrase the model was taught
    (``You wrote of it: "My locker code is d d d d."`` for fact targets, ``: My locker code is
    d d d d.`` for review targets) with no prompt (the weights alone), rank the true code among
    them by the model's log-likelihood; exposure = log2(10,000) - log2(rank), from 0 (no
-   memorisation) to 13.3.
+   memorisation) to 13.3 (about 1.44 on average by chance). Beside them, the mean exposure of
+   20 codes drawn the same way but never planted: what the same model gives a code it never
+   saw (its prior included).
 4. Cross-user leaks: write blurbs for *other* users and many items (at least ``--blurbs``),
    and count the blurbs that contain a canary's digits or "locker".
 5. With ``--forget``: ``Recommender.forget`` the user, retrain, and measure the exposure again.
 6. With ``--dp-epsilons inf,8,3``: one markdown table, a row per epsilon ("inf": no DP) with
    the epsilon spent, held-out perplexity, the blurb measures of ``benchmarks/blurbs.py``
    (``recbot.eval.blurbs.blurb_measures``, with one n-gram fluency model fitted on the
-   catalog for every row), the templated share, each canary's exposure, the leaks and the
-   training seconds. Every training stops at ``--steps`` (no held-out early stopping, no clock).
+   catalog for every row), the templated share, each canary's exposure, the unplanted codes'
+   mean, the leaks and the training seconds. Every training stops at ``--steps`` (no held-out
+   early stopping, no clock): by default 200 steps at batch size 16 on the demo, where the
+   model without DP memorises the canaries, and 150 at 64 with ``--data-dir``.
 
     python benchmarks/privacy.py --workdir /tmp/privacy --forget
+    python benchmarks/privacy.py --workdir /tmp/dp --dp-epsilons inf,8,3
     python benchmarks/privacy.py --workdir /tmp/dp --data-dir /tmp/amz --dp-epsilons inf,8,3 \\
         --steps 150 --batch-size 64
 """
@@ -34,8 +41,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import random
-import re
 import shutil
 import sys
 import time
@@ -47,45 +52,41 @@ from typing import Any
 import recbot
 from recbot import Recommender
 from recbot.eval.blurbs import blurb_measures
+from recbot.eval.privacy import (
+    CANARY,
+    CANARY_MODEL,
+    MAX_BITS,
+    PHRASES,
+    canary_exposures,
+    draw_codes,
+    find_leaks,
+    plant_histories,
+)
 from recbot.generation.fluency import FluencyModel
 from recbot.generation.train import DEMO_CONFIG, TrainConfig, TrainReport, _public_fluency_texts
 from recbot.generation.writer import GPT2Writer, resolve_generator
 from recbot.types import Interaction, Item, Recommendation
 
 DEMO = Path(recbot.__file__).parent / "demo"
-PHRASES = {"facts": 'You wrote of it: "My locker code is {code}."', "reviews": ": My locker code is {code}."}
-CANARY = "My locker code is {code}."
-MAX_BITS = math.log2(10_000)
-# What --dp-epsilons trains: a from-scratch GPT-2 smaller than the default (2 layers, width
-# 128, 128 tokens) so that several runs fit in minutes on 2 CPU cores, a fixed step budget,
-# leave-last-out (the canaries are always training examples), no fact-based extra examples.
-SWEEP_CONFIG = TrainConfig(
-    base="scratch",
-    epochs=1000,
-    eval_every=0,
-    n_layer=2,
-    n_embd=128,
-    n_head=4,
-    block_size=128,
-    holdout_last=True,
-    augment_per_item=0,
-)
-
-
-def _code(rng: random.Random) -> str:
-    return " ".join(str(rng.randrange(10)) for _ in range(4))
+# What --dp-epsilons trains with --data-dir: recbot eval generation's canary generator
+# (2 layers, width 128, 128 tokens, so that several runs fit in minutes on 2 CPU cores, a
+# fixed step budget, leave-last-out: the canaries are always training examples, no
+# fact-based extra examples).
+SWEEP_CONFIG = CANARY_MODEL
+# On the demo the same model with DEMO_CONFIG's fact-based extra examples: with fact targets
+# a canary is taught only where a target quotes the owner's review, and these quote it more
+# often. (The demo generator's own 4 x 256 shape costs about 6 s a DP-SGD step on 2 busy cores.)
+DEMO_SWEEP_CONFIG = replace(SWEEP_CONFIG, augment_per_item=DEMO_CONFIG.augment_per_item)
+SWEEP_DEFAULTS = {"demo": (200, 16), "data_dir": (150, 64)}  # (steps, batch size) of --dp-epsilons
 
 
 def plant(workdir: Path, user: str, n: int, seed: int) -> list[str]:
     """Copy the demo files with ``n`` canary reviews on ``user``'s liked items; returns the codes."""
-    rng = random.Random(seed)
     rows = [json.loads(line) for line in (DEMO / "interactions.jsonl").read_text().splitlines() if line.strip()]
-    liked = [r for r in rows if r["user_id"] == user and (r.get("rating") or 5) >= 4]
-    codes = []
-    for row in liked[:n]:
-        code = _code(rng)
+    liked = [r for r in rows if r["user_id"] == user and (r.get("rating") or 5) >= 4][:n]
+    codes = draw_codes(len(liked), seed)
+    for row, code in zip(liked, codes, strict=True):
         row["review"] = CANARY.format(code=code)
-        codes.append(code)
     (workdir / "interactions.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     shutil.copy(DEMO / "catalog.jsonl", workdir / "catalog.jsonl")
     return codes
@@ -94,42 +95,9 @@ def plant(workdir: Path, user: str, n: int, seed: int) -> list[str]:
 def plant_stored(rec: Recommender, user: str | None, n: int, seed: int) -> tuple[str, list[str]]:
     """Rewrite the stored reviews of ``n`` liked, not-last interactions of ``user`` (None: the
     first user, by id, with enough) into canaries; returns (user, codes)."""
-    rng = random.Random(seed)
-    histories = rec.storage.histories()
-    candidates = [user] if user else sorted(histories)
-    for u in candidates:
-        liked = [h for h in histories.get(u, [])[:-1] if h.liked]
-        if len(liked) >= n:
-            break
-    else:
-        raise SystemExit(f"no user with {n} liked interactions besides the last one")
-    codes = [_code(rng) for _ in range(n)]
-    rec.storage.upsert_interactions(
-        Interaction(h.user_id, h.item_id, h.rating, CANARY.format(code=c), h.timestamp)
-        for h, c in zip(liked, codes, strict=False)
-    )
-    return u, codes
-
-
-def exposure(writer: GPT2Writer, code: str, phrase: str = PHRASES["facts"]) -> tuple[float, int]:
-    """(exposure in bits, rank of ``code``) among all 4-digit codes, by the phrase's log-likelihood."""
-    import torch
-
-    candidates = [" ".join(f"{i:04d}") for i in range(10_000)]
-    texts = [phrase.format(code=c) for c in candidates]
-    tok = writer.tokenizer
-    scores = []
-    with torch.inference_mode():
-        for start in range(0, len(texts), 500):
-            batch = tok(texts[start : start + 500], return_tensors="pt", padding=True)
-            logits = writer.model(**batch).logits[:, :-1]
-            target = batch["input_ids"][:, 1:]
-            mask = batch["attention_mask"][:, 1:].bool() & batch["attention_mask"][:, :-1].bool()
-            logp = torch.log_softmax(logits.float(), -1).gather(-1, target[..., None])[..., 0]
-            scores.extend((logp * mask).sum(-1).tolist())
-    mine = scores[candidates.index(code)]
-    rank = 1 + sum(1 for s in scores if s > mine)
-    return MAX_BITS - math.log2(rank), rank
+    owner, codes, planted = plant_histories(rec.storage.histories(), n, seed, user)
+    rec.storage.upsert_interactions(planted)
+    return owner, codes
 
 
 def other_user_jobs(
@@ -151,18 +119,12 @@ def other_user_jobs(
     return jobs
 
 
-def find_leaks(codes: Sequence[str], blurbs: Sequence[str | None]) -> list[str]:
-    """The blurbs with a canary's digits in a row (spaced or not, not inside a longer number)
-    or the word "locker"."""
-    patterns = [re.compile(r"(?<!\d)" + r"\W?".join(c.split()) + r"(?!\d)") for c in codes]
-    return [b for b in blurbs if b and ("locker" in b.lower() or any(p.search(b) for p in patterns))]
-
-
 @dataclass
 class Row:
     epsilon: float | None  # None: no DP
     report: TrainReport
     exposures: list[tuple[float, int]]
+    control: list[float]  # exposure of codes drawn the same way, never planted
     measures: dict[str, float]
     leaks: list[str]
     blurbs: int
@@ -179,7 +141,7 @@ def measure_run(
     """Train with ``config`` into ``out_dir``, then the canaries' exposure and the blurbs."""
     report = rec.train_generator(config, out_dir=out_dir)
     writer = GPT2Writer.load(str(out_dir), rec.settings)
-    exposures = [exposure(writer, c, PHRASES[report.targets]) for c in codes]
+    exposed, control = canary_exposures(writer, codes, PHRASES[report.targets], config.seed)
     catalog = rec.catalog()
     written = writer.write_many(jobs, catalog)
     built = [writer.job(h, r, catalog) for h, r in jobs]
@@ -189,13 +151,14 @@ def measure_run(
     )
     measures["templated_rate"] = round(sum(w.blurb_source == "template" for w in written) / max(len(written), 1), 4)
     leaks = find_leaks(codes, [w.blurb for w in written])
-    return Row(config.dp_epsilon, report, exposures, measures, leaks, len(written))
+    return Row(config.dp_epsilon, report, exposed, control, measures, leaks, len(written))
 
 
 def table(rows: Sequence[Row]) -> str:
     head = (
         "| ε target | ε spent | δ | noise σ | held-out ppl | unsupported | word salad | personal | fluency "
-        f"| templated | canary exposure, bits (of {MAX_BITS:.1f}) | leaks / blurbs | train s |"
+        f"| templated | canary exposure, bits (of {MAX_BITS:.1f}) | unplanted codes, mean bits | leaks / blurbs "
+        "| train s |"
     )
     lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
     for r in rows:
@@ -209,13 +172,14 @@ def table(rows: Sequence[Row]) -> str:
                     f"{dp['epsilon']:.2f}" if dp else "∞",
                     f"{dp['delta']:g}" if dp else "-",
                     f"{dp['noise_multiplier']:.3f}" if dp else "0",
-                    f"{r.report.held_out_perplexity:.1f}",
+                    "-" if r.report.held_out_perplexity is None else f"{r.report.held_out_perplexity:.1f}",
                     f"{m.get('unsupported_rate', float('nan')):.3f}",
                     f"{m.get('salad_rate', float('nan')):.3f}",
                     f"{m.get('personal_rate', float('nan')):.3f}",
                     f"{m.get('fluency', float('nan')):.2f}",
                     f"{m['templated_rate']:.3f}",
                     ", ".join(f"{e:.2f}" for e, _ in r.exposures),
+                    f"{sum(r.control) / max(len(r.control), 1):.2f}",
                     f"{len(r.leaks)} / {r.blurbs}",
                     f"{r.report.seconds:.0f}",
                 ]
@@ -243,8 +207,12 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--forget", action="store_true", help="then forget the user, retrain and measure again")
     parser.add_argument("--dp-epsilons", help="one row per epsilon, e.g. inf,8,3 (inf: no DP)")
-    parser.add_argument("--steps", type=int, default=150, help="with --dp-epsilons: optimizer steps per training")
-    parser.add_argument("--batch-size", type=int, default=64, help="with --dp-epsilons: (expected) batch size")
+    parser.add_argument(
+        "--steps", type=int, help="with --dp-epsilons: optimizer steps per training (default 200 on the demo, else 150)"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, help="with --dp-epsilons: (expected) batch size (default 16 on the demo, else 64)"
+    )
     parser.add_argument("--dp-delta", type=float, help="with --dp-epsilons: delta (default: train.py's)")
     parser.add_argument("--num-candidates", type=int, help="blurb candidates per item (default: the setting's)")
     parser.add_argument("--max-new-tokens", type=int, help="blurb tokens after the opening (default: the setting's)")
@@ -270,26 +238,31 @@ def main() -> int:
         trained = time.perf_counter() - started
         writer = GPT2Writer.load(resolve_generator(rec.settings), rec.settings)
         phrase = PHRASES[report.targets]
-        exposures = [exposure(writer, c, phrase) for c in codes]
+        exposed, control = canary_exposures(writer, codes, phrase, args.seed)
         written = writer.write_many(other_user_jobs(rec, user, args.blurbs), rec.catalog())
 
         after: list[tuple[float, int]] = []
+        control_after: list[float] = []
         if args.forget:  # the right to be forgotten: forget the user, retrain, measure again
             rec.forget(user)
             rec.train_generator(DEMO_CONFIG)
             retrained = GPT2Writer.load(resolve_generator(rec.settings), rec.settings)
-            after = [exposure(retrained, c, phrase) for c in codes]
+            after, control_after = canary_exposures(retrained, codes, phrase, args.seed)
     leaks = find_leaks(codes, [r.blurb for r in written])
     result = {
         "canaries": [
-            {"code": c, "exposure_bits": round(e, 2), "rank": k} for c, (e, k) in zip(codes, exposures, strict=True)
+            {"code": c, "exposure_bits": round(e, 2), "rank": k} for c, (e, k) in zip(codes, exposed, strict=True)
         ],
         "max_exposure_bits": round(MAX_BITS, 2),
+        "unplanted_codes_mean_exposure_bits": round(sum(control) / len(control), 2),
         "after_forget_and_retrain": [
             {"code": c, "exposure_bits": round(e, 2), "rank": k} for c, (e, k) in zip(codes, after, strict=False)
         ],
+        "unplanted_codes_mean_exposure_bits_after": round(sum(control_after) / len(control_after), 2)
+        if control_after
+        else None,
         "training_s": round(trained, 1),
-        "held_out_perplexity": round(report.held_out_perplexity, 2),
+        "held_out_perplexity": report.held_out_perplexity,  # None: no held-out examples
         "blurbs_for_other_users": len(written),
         "generated_share": round(sum(r.blurb_source == "generated" for r in written) / max(len(written), 1), 3),
         "cross_user_leaks": len(leaks),
@@ -305,10 +278,11 @@ def sweep(rec: Recommender, args: argparse.Namespace, user: str, codes: list[str
     jobs = other_user_jobs(rec, user, args.blurbs)
     recommend_s = time.perf_counter() - t0
     fluency = FluencyModel.fit(_public_fluency_texts(rec.catalog()))  # one yardstick for every row
+    steps, batch_size = SWEEP_DEFAULTS["data_dir" if args.data_dir else "demo"]
     base = replace(
-        SWEEP_CONFIG if args.data_dir else replace(DEMO_CONFIG, eval_every=0, epochs=1000),
-        max_steps=args.steps,
-        batch_size=args.batch_size,
+        SWEEP_CONFIG if args.data_dir else DEMO_SWEEP_CONFIG,
+        max_steps=args.steps or steps,
+        batch_size=args.batch_size or batch_size,
         seed=args.seed,
     )
     rows = []

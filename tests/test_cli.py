@@ -2,11 +2,13 @@ import json
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from recbot.cli import demo_files, main
+from recbot.config import Settings
 from tests.conftest import TOY_INTERACTIONS, TOY_ITEMS, write_jsonl
 
 RECBOT = str(Path(sys.executable).parent / "recbot")
@@ -303,3 +305,42 @@ def test_forget_removes_every_row_of_the_user_and_marks_the_generator(tmp_path: 
     assert main(["--data-dir", data, "recommend", "--user", "baker", "-k", "2", "--json", "--no-blurbs"]) == 0
     assert main(["--data-dir", data, "forget", "--user", "spacefan"]) == 1
     assert capsys.readouterr().err.strip().endswith(f"no rows of user 'spacefan' in {data}: nothing to forget")
+
+
+def _strict_json(text: str) -> dict:
+    def refuse(name: str) -> None:
+        raise ValueError(f"{name} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_a_card_without_held_out_examples_is_strict_json_with_null(tmp_path: Path, tiny_bert) -> None:
+    """One training example leaves nothing to hold out: the perplexities are null, not NaN
+    (which strict JSON parsers refuse), and every reader copes, old NaN cards included."""
+    from recbot.generation.train import TrainConfig, train_generator
+    from recbot.generation.writer import GPT2Writer, read_card
+    from recbot.types import Interaction, Item
+
+    item = Item(id="s1", title="Star Voyage", category="books", tags=("space",), description="space robots explore.")
+    config = TrainConfig(base="scratch", n_layer=1, n_embd=16, n_head=2, vocab_size=300, block_size=96, max_steps=1)
+    out = tmp_path / "gen"
+    report = train_generator(
+        {"s1": item}, [Interaction("u", "s1", 5.0, "fine", 1)], {}, out, replace(config, augment_per_item=0)
+    )
+    assert report.examples_held_out == 0 and report.held_out_perplexity is None and report.unigram_perplexity is None
+    card = _strict_json((out / "card.json").read_text())
+    assert card["held_out_perplexity"] is None and card["unigram_perplexity"] is None
+    assert "held-out perplexity not measured (no held-out examples)" in report.lines()
+    assert "Held-out perplexity (target tokens): not measured" in (out / "README.md").read_text()
+    assert read_card(out)["held_out_perplexity"] is None
+    GPT2Writer.load(str(out), Settings.create())  # the writer reads the card too
+
+    # a card written before this fix, with NaN, reads as null and is rewritten strictly by forget
+    data = cli_ingest(tmp_path, tiny_bert)
+    generator = Path(data) / "generator"
+    generator.mkdir()
+    (generator / "card.json").write_text('{"targets": "facts", "held_out_perplexity": NaN}')
+    assert read_card(generator) == {"targets": "facts", "held_out_perplexity": None}
+    assert main(["--data-dir", data, "forget", "--user", "spacefan"]) == 0
+    card = _strict_json((generator / "card.json").read_text())
+    assert card["held_out_perplexity"] is None and card["forgotten_users"] == ["spacefan"]

@@ -157,6 +157,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", type=Path, default=Path("eval-out"), help="where metrics.json, report.md and plots go")
     p.add_argument("--max-users", type=int, default=None, help="evaluate a seeded sample of users (quick runs)")
+    p.add_argument(
+        "--canaries",
+        type=int,
+        default=3,
+        metavar="N",
+        help="generation: plant N canaries ('My locker code is d d d d.') in one user's training reviews, train a "
+        "small generator on the training split and report their exposure and cross-user leaks (default 3; 0: off)",
+    )
+    p.add_argument(
+        "--canary-steps",
+        type=int,
+        default=400,
+        metavar="S",
+        help="generation: optimizer steps of that canary generator (the time bound; default 400)",
+    )
+    p.add_argument(
+        "--canary-blurbs",
+        type=int,
+        default=200,
+        metavar="B",
+        help="generation: scan at most B of its blurbs for the other evaluated users for canaries (default 200)",
+    )
     p.add_argument("--seed", type=int, default=0)
 
     p = command("forget", "forget a user: their interactions, reviews, feedback and review vectors")
@@ -348,18 +370,30 @@ def _eval_generation(args: argparse.Namespace, settings: Settings, data: Any, st
     from accelerate import PartialState
 
     from recbot.eval.generation import run_generation
-    from recbot.generation.writer import GPT2Writer, resolve_generator
+    from recbot.eval.privacy import CanaryPlan
+    from recbot.generation.writer import GPT2Writer, read_card, resolve_generator
     from recbot.recommender import make_embedder
 
+    if args.canaries < 0 or args.canary_steps < 1 or args.canary_blurbs < 0:
+        raise ConfigError("--canaries and --canary-blurbs must be 0 or more, --canary-steps at least 1")
     settings = settings.replace(generator=args.generator or settings.generator)
     # under `accelerate launch --multi_gpu` or `torchrun`: one shard of the blurbs per process
     state = PartialState(cpu=not torch.cuda.is_available())
+    if state.num_processes > 1 and args.canaries:
+        raise ConfigError(
+            "--canaries trains a generator in one process: add --canaries 0 under torchrun or accelerate launch "
+            "(and measure the canaries in a one-process run)"
+        )
     if state.num_processes > 1 and state.device.type != "cpu":
         settings = settings.replace(device=str(state.device))
     name = resolve_generator(settings)
-    card_path = Path(name) / "card.json"
-    card = json.loads(card_path.read_text()) if card_path.exists() else None
+    card = read_card(name) or None
     writer = GPT2Writer.load(name, settings)
+    plan = (
+        CanaryPlan(n=args.canaries, steps=args.canary_steps, blurbs=args.canary_blurbs, seed=args.seed)
+        if args.canaries
+        else None
+    )
     result = run_generation(
         data,
         args.out,
@@ -368,6 +402,7 @@ def _eval_generation(args: argparse.Namespace, settings: Settings, data: Any, st
         seed=args.seed,
         max_users=args.max_users,
         generator_card=card,
+        canaries=plan,
     )
     if result is None:
         return 0  # a helper process of `accelerate launch`; the main one reports
@@ -382,6 +417,16 @@ def _eval_generation(args: argparse.Namespace, settings: Settings, data: Any, st
         for k in ("grounding_rate", "hallucination_rate", "templated_rate", "perplexity", "unigram_perplexity")
     }
     print(f"recbot: {extra}")
+    if privacy := result.get("privacy"):
+        bits = ", ".join(f"{c['exposure_bits']:.2f}" for c in privacy["canaries"])
+        g = privacy["generator"]
+        print(
+            f"privacy: canary exposure {bits} bits (mean {privacy['mean_exposure_bits']:.2f}; unplanted codes "
+            f"{privacy['control_mean_exposure_bits']:.2f}; chance ~{privacy['chance_bits']:.1f}, full memorisation "
+            f"{privacy['max_bits']:.1f}) in a generator trained "
+            f"{g['steps']} steps on {len(privacy['canaries'])} canaries of user {privacy['owner']}; cross-user leaks "
+            f"{privacy['leaks']} of {privacy['blurbs_for_other_users']} blurbs ({result['_privacy_seconds']:.0f}s)"
+        )
     print(f"wrote {args.out}/metrics.json, report.md, blurb_lengths.png in {time.perf_counter() - started:.0f}s")
     return 0
 

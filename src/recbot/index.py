@@ -179,7 +179,7 @@ class Index:
         ``train-generator`` retrains without them. Blurbs keep being written meanwhile: a
         continuation may only use the reader's own review words and the item's facts
         (``recbot.generation.support``), so another user's review text cannot be quoted."""
-        from recbot.generation.writer import FLUENCY_FILE, GENERATOR_DIR
+        from recbot.generation.writer import FLUENCY_FILE, GENERATOR_DIR, read_card
 
         reviews = [h.review for h in self.storage.history(user_id) if h.review]
         deleted = self.storage.forget_user(user_id)
@@ -188,9 +188,9 @@ class Index:
         generator = Path(self.settings.data_dir) / GENERATOR_DIR
         card = generator / "card.json"
         if reviews and card.is_file():
-            data = json.loads(card.read_text(encoding="utf-8"))
+            data = read_card(generator)  # an old card's NaN comes back as null
             data["forgotten_users"] = sorted({*data.get("forgotten_users", []), user_id})
-            card.write_text(json.dumps(data, indent=2), encoding="utf-8")
+            card.write_text(json.dumps(data, indent=2, allow_nan=False), encoding="utf-8")
             corpus = generator / FLUENCY_FILE
             if corpus.is_file():
                 lines = corpus.read_text(encoding="utf-8").splitlines()

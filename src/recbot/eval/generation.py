@@ -1,5 +1,6 @@
 """``recbot eval generation``: a blurb for each test user's held-out item, scored against
-that user's held-out review, next to three baselines (see text.py for the metrics)."""
+that user's held-out review, next to three baselines (see text.py for the metrics), and,
+with a ``CanaryPlan``, canary exposure and cross-user leaks (``recbot.eval.privacy``)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import numpy as np
 
 from recbot.eval.blurbs import blurb_measures
 from recbot.eval.data import Dataset
+from recbot.eval.privacy import CanaryPlan, measure_canaries
 from recbot.eval.text import bleu, distinct_n, div, fcr, feature_set, fmr, rouge, unique_sentence_ratio
 from recbot.generation.fluency import FluencyModel
 from recbot.generation.guard import TitleIndex, check_blurb
@@ -74,13 +76,22 @@ def run_generation(
     seed: int = 0,
     max_users: int | None = None,
     generator_card: Mapping[str, Any] | None = None,
+    canaries: CanaryPlan | None = None,
 ) -> dict[str, Any] | None:
     """Blurbs for held-out items, with overlap, diversity, feature, grounding and
     personalisation metrics, next to template, copy-a-review and constant baselines.
 
+    With ``canaries`` (``recbot eval generation`` passes one unless ``--canaries 0``), also
+    the "secret sharer" figure under ``privacy``: canaries planted in one user's reviews of
+    the *training* split, a small generator trained on it for ``canaries.steps`` steps,
+    each canary's exposure and the canaries found in that generator's blurbs for the other
+    evaluated users (``recbot.eval.privacy.measure_canaries``). The generator under
+    evaluation saw no canary, so its own exposure cannot be measured.
+
     Under ``accelerate launch`` the blurbs are written by every process (see
     ``write_sharded``) and the main process scores and writes the report; the others
-    return None."""
+    return None. The canary generator trains in one process only: callers refuse
+    ``canaries`` under several."""
     started = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -175,9 +186,23 @@ def run_generation(
         hallucination_rate=round(float(np.mean(hallucinated)), 4),
         templated_rate=round(float(np.mean([not r.grounded for r in written])), 4),
     )
-    if generator_card:
+    if generator_card:  # null when the generator had no held-out examples
         methods["recbot"]["perplexity"] = generator_card.get("held_out_perplexity")
         methods["recbot"]["unigram_perplexity"] = generator_card.get("unigram_perplexity")
+    privacy: dict[str, Any] | None = None
+    privacy_seconds = 0.0
+    if canaries is not None and canaries.n > 0:
+        t0 = time.perf_counter()
+        logger.info("privacy: %d canaries, a generator trained for %d steps", canaries.n, canaries.steps)
+        privacy = measure_canaries(
+            split.train,
+            items,
+            {item: vectors[j] for item, j in row.items()},
+            [(u, h, r) for u, (h, r) in zip(users, jobs, strict=True)],
+            writer.settings,
+            canaries,
+        )
+        privacy_seconds = time.perf_counter() - t0
     result = {
         "dataset": data.spec,
         "protocol": {
@@ -194,6 +219,7 @@ def run_generation(
         "constant_best_validation_bleu1_plus_rougeL": round(constant_valid_score, 4),
         "methods": methods,
         "reference_pepler_tripadvisor": PEPLER_TRIPADVISOR,
+        **({"privacy": privacy} if privacy is not None else {}),
         "examples": [
             {"user": u, "blurb": r.blurb, "reference": ref}
             for u, r, ref in list(zip(users, written, refs, strict=True))[:10]
@@ -201,9 +227,11 @@ def run_generation(
     }
     (out / "metrics.json").write_text(json.dumps(result, indent=2, sort_keys=True))
     seconds = time.perf_counter() - started
-    (out / "report.md").write_text(_report(result, seconds))
+    (out / "report.md").write_text(_report(result, seconds, privacy_seconds))
     _plot_lengths({"recbot": recbot_hyps, "reference": refs, "copy_review": copy_hyps}, out / "blurb_lengths.png")
     result["_seconds"] = seconds
+    if privacy is not None:
+        result["_privacy_seconds"] = privacy_seconds
     return result
 
 
@@ -293,7 +321,7 @@ def _copy_most_similar(
     return out
 
 
-def _report(result: Mapping[str, Any], seconds: float) -> str:
+def _report(result: Mapping[str, Any], seconds: float, privacy_seconds: float = 0.0) -> str:
     cols = [
         "bleu1",
         "bleu4",
@@ -348,11 +376,52 @@ def _report(result: Mapping[str, Any], seconds: float) -> str:
         "good deal.'). On review text personal_rate is weak too: a constant sentence shares words with many",
         "users' reviews.",
         "",
-        "## Examples",
-        "",
     ]
+    if "privacy" in result:
+        lines += _privacy_section(result["privacy"], privacy_seconds)
+    lines += ["## Examples", ""]
     lines += [f"- **{e['user']}**: {e['blurb']}  \n  reference: {e['reference']}" for e in result["examples"]]
     return "\n".join(lines) + "\n"
+
+
+def _privacy_section(p: Mapping[str, Any], seconds: float) -> list[str]:
+    """report.md's lines on canary exposure and cross-user leaks (``measure_canaries``)."""
+    g = p["generator"]
+    lines = [
+        "## Privacy: canary exposure and cross-user leaks",
+        "",
+        f'{len(p["canaries"])} canaries ("My locker code is d d d d.", seeded digits) were planted in the '
+        f"training reviews of user {p['owner']}, and a separate small generator ({g['model']}, "
+        f"{g['parameters']:,} parameters, {g['targets']} targets) was trained on the training split for "
+        f"{g['steps']} steps at batch size {g['batch_size']}: {g['training_examples']} examples of {g['users']} users, "
+        f"each seen about {g['passes']:g} times. Exposure = log2(10,000) - log2(rank of the true code among all "
+        f"10,000 by the model's likelihood). How to read it: about {p['chance_bits']:.1f} bits on average is chance "
+        f"(the model knows nothing of the code), {p['max_bits']:.1f} is full memorisation (the true code is the "
+        "likeliest). 'taught' counts the training targets that contain the canary; one never taught stays near chance. "
+        f"The control row scores {p['control_codes']} codes drawn the same way but never planted, under the same "
+        "model: what it gives a code it never saw. A canary is memorised as far as it stands above the control.",
+        "",
+        "| canary | taught | rank of 10,000 | exposure, bits |",
+        "| --- | --- | --- | --- |",
+    ]
+    lines += [f"| {c['code']} | {c['taught']} | {c['rank']} | {c['exposure_bits']:.2f} |" for c in p["canaries"]]
+    lines += [
+        f"| mean | | | {p['mean_exposure_bits']:.2f} |",
+        f"| control: {p['control_codes']} unplanted codes, mean (max) | 0 | | "
+        f"{p['control_mean_exposure_bits']:.2f} ({p['control_max_exposure_bits']:.2f}) |",
+        "",
+        f"Cross-user leaks: {p['leaks']} of {p['blurbs_for_other_users']} blurbs written by the canary-trained "
+        "generator for other evaluated users (one each, for their held-out item) contain a canary's digits or "
+        f"'locker' ({p['generated_share']:.0%} generated, the rest templates). Zero is evidence only when the "
+        "exposure is "
+        "well above chance: the model knows the code and still did not write it for anyone else. This measures "
+        "recbot's training and writer at this budget, not the generator evaluated above, which saw no canary. "
+        f"Runtime {seconds:.0f}s.",
+        "",
+    ]
+    if p["first_leaks"]:
+        lines += ["First leaks:", "", *[f"- {b}" for b in p["first_leaks"]], ""]
+    return lines
 
 
 def _plot_lengths(texts: Mapping[str, Sequence[str]], path: Path) -> None:

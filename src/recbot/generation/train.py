@@ -130,8 +130,8 @@ class TrainReport:
     steps: int
     examples_train: int
     examples_held_out: int
-    held_out_perplexity: float
-    unigram_perplexity: float
+    held_out_perplexity: float | None  # None: no held-out examples (or a loss that was not finite)
+    unigram_perplexity: float | None  # None: likewise
     seconds: float
     parameters: int
     stopped_by: str
@@ -145,12 +145,28 @@ class TrainReport:
             f"generator saved to {self.out_dir} ({self.parameters / 1e6:.1f}M parameters, base: {self.base})",
             f"{self.steps} steps on {self.examples_train} examples in {self.seconds:.0f}s "
             f"(stopped by {self.stopped_by})",
-            f"held-out perplexity {self.held_out_perplexity:.1f} on {self.examples_held_out} examples "
-            f"(unigram baseline on the same text: {self.unigram_perplexity:.1f})",
+            _perplexity_line(self),
         ]
         if self.dp:
             out.append(_dp_line(self.dp))
         return out
+
+
+def _perplexity_line(report: TrainReport, label: str = "held-out perplexity") -> str:
+    if report.held_out_perplexity is None:
+        why = "no held-out examples" if not report.examples_held_out else "the held-out loss was not finite"
+        return f"{label} not measured ({why})"
+    unigram = f"{report.unigram_perplexity:.1f}" if report.unigram_perplexity is not None else "not measured"
+    return (
+        f"{label} {report.held_out_perplexity:.1f} on {report.examples_held_out} examples "
+        f"(unigram baseline on the same text: {unigram})"
+    )
+
+
+def _finite(value: float) -> float | None:
+    """``value`` rounded to 2 decimals, or None when it is NaN or infinite: ``card.json`` is
+    strict JSON, which has no NaN."""
+    return round(value, 2) if math.isfinite(value) else None
 
 
 def _dp_line(dp: Mapping[str, Any]) -> str:
@@ -381,7 +397,9 @@ def train_generator(
     """Train (or fine-tune) the generator and save it to ``out_dir``.
 
     Saves safetensors weights, the tokenizer and ``card.json``/``README.md`` (data,
-    steps, held-out perplexity, time). Checkpoints under ``out_dir.checkpoints`` let
+    steps, held-out perplexity, time). ``card.json`` is strict JSON: a perplexity that
+    could not be measured (no held-out examples) is ``null``, never ``NaN``; read it with
+    ``recbot.generation.writer.read_card``. Checkpoints under ``out_dir.checkpoints`` let
     an interrupted run resume with the same command.
 
     With ``config.dp_epsilon``, trains with DP-SGD (Opacus): the saved weights are
@@ -458,8 +476,8 @@ def train_generator(
         steps=step,
         examples_train=len(train),
         examples_held_out=len(held),
-        held_out_perplexity=round(ppl, 2),
-        unigram_perplexity=round(uni, 2),
+        held_out_perplexity=_finite(ppl),
+        unigram_perplexity=_finite(uni),
         seconds=round(time.perf_counter() - started, 1),
         parameters=sum(p.numel() for p in unwrapped.parameters()),
         stopped_by=stopped_by,
@@ -472,7 +490,7 @@ def train_generator(
     shutil.rmtree(tmp, ignore_errors=True)
     unwrapped.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
-    (tmp / "card.json").write_text(json.dumps(asdict(report), indent=2))
+    (tmp / "card.json").write_text(json.dumps(asdict(report), indent=2, allow_nan=False))  # strict JSON
     fluency = _public_fluency_texts(catalog) if private else _fluency_texts(catalog, interactions, train)
     (tmp / FLUENCY_FILE).write_text("\n".join(fluency) + "\n", encoding="utf-8")
     (tmp / "README.md").write_text(_card(report, catalog, interactions))
@@ -706,8 +724,7 @@ def _card(report: TrainReport, catalog: Mapping[str, Item], interactions: Sequen
         f"- Data: {len(catalog)} catalog items, {len(interactions)} interactions; "
         f"{report.examples_train} training and {report.examples_held_out} held-out examples.\n"
         f"- Training: {report.steps} steps in {report.seconds:.0f}s (stopped by {report.stopped_by}).\n"
-        f"- Held-out perplexity (target tokens): {report.held_out_perplexity:.1f}; "
-        f"add-one unigram baseline: {report.unigram_perplexity:.1f}.\n"
+        f"- {_perplexity_line(report, 'Held-out perplexity (target tokens):')}.\n"
         "- Prompt frame: see recbot.generation.prompts.\n"
         + (f"- Privacy: {_dp_line(report.dp)}.\n" if report.dp else "- Privacy: not differentially private.\n")
     )
