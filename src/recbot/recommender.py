@@ -672,6 +672,7 @@ class Recommender:
             self._popularity = None
             self._collab = None
             self._pool = None
+            self._categories = None
             self._ask_index = None
         interactions = self.storage.get_meta("interactions")
         if interactions != self._interactions:
