@@ -238,9 +238,14 @@ class CollabModel:
     def users(self) -> int:
         return int(self.matrix.shape[0])
 
+    @property
+    def _inv(self) -> np.ndarray:
+        """1 / sqrt(popularity) per item (at least 1 user): item-kNN's cosine scaling."""
+        return (1.0 / np.sqrt(np.maximum(self.popularity, 1.0))).astype(np.float32)
+
     def _knn(self, rows: sparse.csr_matrix) -> np.ndarray:
         # (rows / sqrt(pop)) @ X.T @ X / sqrt(pop), as two sparse x dense products
-        inv = 1.0 / np.sqrt(np.maximum(self.popularity, 1.0))
+        inv = self._inv
         dense = rows.toarray() * inv[None, :]
         per_user = self.matrix @ dense.T  # (all users, len(rows))
         return np.asarray((self._matrix_t @ per_user).T * inv[None, :], dtype=np.float32)
@@ -262,14 +267,8 @@ class CollabModel:
         """One user's three item-kNN components (``scores``' exact values) at the item rows
         ``cols`` only: reads the users of the history's items and of ``cols``, not every
         interaction (the pool path scores its candidates with these)."""
-        rows = sparse.vstack(
-            [
-                history_matrix([history], self.index),
-                history_matrix([history], self.index, last=RECENT),
-                history_matrix([history], self.index, half_life=DECAY_HALF_LIFE),
-            ]
-        ).tocsr()
-        inv = (1.0 / np.sqrt(np.maximum(self.popularity, 1.0))).astype(np.float32)
+        rows = self._knn_rows([history])
+        inv = self._inv
         held = np.unique(rows.indices)
         out = np.zeros((3, len(cols)), dtype=np.float32)
         if len(held) and len(cols):
@@ -277,6 +276,18 @@ class CollabModel:
             per_user = np.asarray(self._matrix_t[held].T @ coef.T)  # (users, 3)
             out = np.asarray(self._matrix_t[cols] @ per_user).T * inv[cols][None, :]
         return {"knn": out[0], "knn_recent": out[1], "knn_decay": out[2]}
+
+    def _knn_rows(self, histories: Sequence[Sequence[Interaction]]) -> sparse.csr_matrix:
+        """The three item-kNN variants' history rows, stacked: every item (``knn``), the
+        last ``RECENT`` (``knn_recent``), decayed by position (``knn_decay``)."""
+        idx = self.index
+        return sparse.vstack(
+            [
+                history_matrix(histories, idx),
+                history_matrix(histories, idx, last=RECENT),
+                history_matrix(histories, idx, half_life=DECAY_HALF_LIFE),
+            ]
+        ).tocsr()
 
     def popular_rows(self, n: int) -> set[int]:
         """The rows of the ``n`` most popular items (the popularity component's best), once."""
@@ -292,7 +303,7 @@ class CollabModel:
         if cached is None:
             from sparse_dot_topn import sp_matmul_topn
 
-            inv = sparse.diags(1.0 / np.sqrt(np.maximum(self.popularity, 1.0))).astype(np.float32)
+            inv = sparse.diags(self._inv)
             left = (inv @ self._matrix_t).tocsr()  # items x users, rows scaled
             right = (self.matrix.astype(np.float32) @ inv).tocsr()  # users x items, columns scaled
             threads = max(1, min(8, os.cpu_count() or 1))  # rows are independent: any count, same lists
@@ -356,10 +367,8 @@ class CollabModel:
         classic k-nearest-neighbour item-kNN, O(history x m) per user instead of a pass over
         every interaction (the pool path, at any catalog size)."""
         h, idx, n = histories, self.index, len(histories)
-        binary = history_matrix(h, idx)
-        rows = sparse.vstack(
-            [binary, history_matrix(h, idx, last=RECENT), history_matrix(h, idx, half_life=DECAY_HALF_LIFE)]
-        ).tocsr()
+        rows = self._knn_rows(h)
+        binary = rows[:n]
         if neighbours is None:
             knn = self._knn(rows)  # one pass for the three kNN variants
         else:

@@ -271,26 +271,34 @@ class ChromaStore:
             snap = self.snapshot()
             rows = snap.rows_where(filters) if filters else None
             return list(snap.ids) if rows is None else [snap.ids[r] for r in rows]
-        key = repr(sorted(filters.items()))
+        return list(self._ann_ids_where(filters))
+
+    def _ann_ids_where(self, filters: Filters) -> list[str]:
+        """``ids_where`` past ``exact_max_items``: Chroma's ``where``, read once per filter
+        until the next write (50k ids of 1M take ~0.2 s). The cached list itself: not to be
+        changed by callers."""
+        key = _filter_key(filters)
         with self._vectors_lock:
             cached = self._where.get(key)
-        if cached is None:  # read once per filter until the next write: 50k ids of 1M take ~0.2 s
+            if cached is not None:
+                self._where.move_to_end(key)
+        if cached is None:
             cached = list(self.collection.get(where=_chroma_where(filters), include=[])["ids"])
             with self._vectors_lock:
                 self._where[key] = cached
                 while len(self._where) > _WHERE_CACHE:
                     self._where.popitem(last=False)
-        return list(cached)
+        return cached
 
     def _filtered(self, filters: Filters) -> tuple[list[str], np.ndarray] | None:
         """The ids and vectors of the items matching ``filters`` when there are at most
         ``exact_max_items`` of them (read once per filter until the next write; at most
         ``_FILTERED_ROWS`` rows kept in all), else None. Chroma's filtered HNSW query took
         ~250 ms for a 5% category of 1M items; a product over the 50k vectors takes ~5 ms."""
-        ids = self.ids_where(filters)
+        ids = self._ann_ids_where(filters)
         if len(ids) > self.exact_max_items:
             return None
-        key = repr(sorted(filters.items()))
+        key = _filter_key(filters)
         with self._vectors_lock:
             got = self._subsets.get(key)
             if got is not None:
@@ -346,6 +354,11 @@ def _nearest(
             if len(hits) == n:
                 break
     return hits
+
+
+def _filter_key(filters: Filters) -> str:
+    """One cache key per filter, whatever the order of its fields."""
+    return repr(sorted(filters.items()))
 
 
 def _chroma_where(filters: Filters) -> dict[str, Any] | None:
