@@ -11,7 +11,12 @@ a real Chroma collection and SQLite. Then, timed:
 - at sizes the exact path serves, the pool path forced on: its recall of the exact top 10;
 - resident memory (now and peak) of the process that serves: a fresh one that opens the
   data dir as ``recbot`` does (the tuning process's own peak, with this script's copy of
-  every vector, is reported beside it).
+  every vector, is reported beside it);
+- feedback: a thumbs-up on a user's first recommendation, then that user's next
+  ``recommend``, which brings the collaborative model (and its neighbour lists) up to
+  date first (``CollabModel.update``); p50/p95/max of that call, against the first call's
+  full fit. The thumbs-ups are taken back after (``remove_from_history``, timed too), and
+  the updated model is checked against a fresh fit of the same interactions.
 
     python benchmarks/scale.py --sizes 100000,1000000
     python benchmarks/scale.py --sizes 1000000 --keep /tmp/scale   # build once, measure again later
@@ -93,7 +98,9 @@ def pct(xs: list[float], q: float) -> float:
     return round(float(np.percentile(xs, q)), 1)
 
 
-def measure(settings: Settings, vectors: np.ndarray, ids: list[str], requests: int) -> dict[str, object]:
+def measure(
+    settings: Settings, vectors: np.ndarray, ids: list[str], requests: int, feedbacks: int
+) -> dict[str, object]:
     """Tune here (it needs every item vector); serve in a fresh process, so that its
     memory is what a recbot process serving this catalog holds, not this script's copies."""
     storage = open_storage(settings)
@@ -113,12 +120,12 @@ def measure(settings: Settings, vectors: np.ndarray, ids: list[str], requests: i
     storage.close()
     del histories
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        out.update(pool.submit(serve, str(settings.data_dir), users).result())
+        out.update(pool.submit(serve, str(settings.data_dir), users, feedbacks).result())
     out["tuning_process_peak_rss_gib"] = round(peak_rss_bytes() / 2**30, 2)
     return out
 
 
-def serve(data_dir: str, users: list[str]) -> dict[str, object]:
+def serve(data_dir: str, users: list[str], feedbacks: int) -> dict[str, object]:
     """In a fresh process: open the data dir as ``recbot`` does, time ``recommend``."""
     settings = Settings.create(data_dir=data_dir)
     rec = Recommender(settings, storage=open_storage(settings), store=open_store(settings), embedder=None)  # type: ignore[arg-type]
@@ -153,8 +160,53 @@ def serve(data_dir: str, users: list[str]) -> dict[str, object]:
         pool.close()
     out["rss_gib"] = round(psutil.Process().memory_info().rss / 2**30, 2)
     out["peak_rss_gib"] = round(peak_rss_bytes() / 2**30, 2)
+    out.update(feedback(rec, users[:feedbacks]))
     rec.close()
     return out
+
+
+def feedback(rec: Recommender, users: list[str]) -> dict[str, object]:
+    """Thumbs-up, then the user's next recommend (the model catches up in it); taken back
+    after. Checks the updated model against a fresh fit of the same interactions."""
+    liked, after_up, after_back = [], [], []
+    for u in users:
+        item = rec.recommend(u, k=1, blurbs=False)[0].item.id
+        rec.add_feedback(u, item, liked=True)
+        t0 = time.perf_counter()
+        rec.recommend(u, k=10, blurbs=False)
+        after_up.append((time.perf_counter() - t0) * 1e3)
+        liked.append((u, item))
+    model = current_model(rec)
+    items = list(model.items)
+    fresh = hybrid.CollabModel.fit(rec.storage.histories(), items)
+    m = rec.settings.pool_neighbours if rec.store.exact_view() is None else None
+    same = (model.matrix != fresh.matrix).nnz == 0 and (model.transition != fresh.transition).nnz == 0
+    if m is not None:
+        a, b = model.neighbour_lists(m), fresh.neighbour_lists(m)
+        same = same and (a.to_csr() != b.to_csr()).nnz == 0 and bool((a.floor == b.floor).all())
+    del fresh
+    for u, item in liked:
+        rec.remove_from_history(u, item)
+        t0 = time.perf_counter()
+        rec.recommend(u, k=10, blurbs=False)
+        after_back.append((time.perf_counter() - t0) * 1e3)
+    return {
+        "after_thumbs_up_p50_ms": pct(after_up, 50),
+        "after_thumbs_up_p95_ms": pct(after_up, 95),
+        "after_thumbs_up_max_ms": pct(after_up, 100),
+        "after_removal_p50_ms": pct(after_back, 50),
+        "after_removal_max_ms": pct(after_back, 100),
+        "updated_equals_fresh_fit": same,
+    }
+
+
+def current_model(rec: Recommender) -> hybrid.CollabModel:
+    pool = rec._pool_model()
+    if pool is not None:
+        return pool.model
+    got = rec._hybrid()
+    assert got is not None
+    return got[1]
 
 
 def peak_rss_bytes() -> int:
@@ -174,6 +226,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="100000,1000000")
     parser.add_argument("--requests", type=int, default=200, help="recommend calls timed per cell")
+    parser.add_argument("--feedbacks", type=int, default=20, help="thumbs-ups timed per size")
     parser.add_argument("--workdir", type=Path, default=None, help="where the temporary data dirs go")
     parser.add_argument("--keep", type=Path, default=None, help="build here and keep (reused when present)")
     args = parser.parse_args()
@@ -183,20 +236,23 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         for n in (int(s) for s in args.sizes.split(",")):
             settings, vectors, ids = build(base, n, args.keep or Path(tmp))
-            rows.append(measure(settings, vectors, ids, args.requests))
+            rows.append(measure(settings, vectors, ids, args.requests, args.feedbacks))
             print(json.dumps(rows[-1]), file=sys.stderr)
             del vectors
     print(
         "| items | users | interactions | tune s | p50 ms | p95 ms | p50 ms (category) | p95 ms (category) "
-        "| strategy | pool recall@10 | serving RSS GiB | serving peak GiB | first call s |"
+        "| strategy | pool recall@10 | serving RSS GiB | serving peak GiB | first call s "
+        "| after a thumbs-up p50 / p95 / max ms | updated = fresh fit |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['items']} | {r['users']} | {r['interactions']} | {r['tune_s']} | {r['recommend_all_p50_ms']} "
             f"| {r['recommend_all_p95_ms']} | {r['recommend_category_p50_ms']} | {r['recommend_category_p95_ms']} "
             f"| {','.join(r['strategy_all'])} | {r.get('pool_recall_at_10_vs_exact', '-')} "  # type: ignore[arg-type]
-            f"| {r['rss_gib']} | {r['peak_rss_gib']} | {r['first_call_s']} |"
+            f"| {r['rss_gib']} | {r['peak_rss_gib']} | {r['first_call_s']} "
+            f"| {r['after_thumbs_up_p50_ms']} / {r['after_thumbs_up_p95_ms']} / {r['after_thumbs_up_max_ms']} "
+            f"| {r['updated_equals_fresh_fit']} |"
         )
     print(json.dumps(rows, indent=1))
 

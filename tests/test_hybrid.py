@@ -63,7 +63,7 @@ def test_neighbour_lists_keep_each_items_nearest_and_give_the_knn_they_cover() -
         at = model.knn_at(hists[u], cols)
         for name in ("knn", "knn_recent", "knn_decay"):
             np.testing.assert_allclose(at[name], exact[name][u, cols], atol=1e-5)
-    lists = model.neighbour_lists(5)
+    lists = model.neighbour_lists(5).to_csr()
     assert np.diff(lists.indptr).max() <= 5
     cosine = model._knn(sparse.identity(len(items), format="csr", dtype=np.float32))  # item x item cosines
     for j in (0, 7, 60):  # each row holds its item's 5 largest cosines (ties aside)
@@ -80,6 +80,104 @@ def test_neighbour_lists_keep_each_items_nearest_and_give_the_knn_they_cover() -
         assert (c_nb[listed] == c_ex[listed]).all() and (c_nb[~listed] == 0).all()
         pairs += int(listed.sum())
     assert pairs >= 30  # the lists hold the strong pairs, so this compared something
+
+
+def random_histories(rng: np.random.Generator, users: int, items: list[str]) -> dict[str, list[Interaction]]:
+    """Skewed, small histories: many items share a popularity, so cosines tie often."""
+    p = np.arange(1, len(items) + 1) ** -0.8
+    p /= p.sum()
+    out = {}
+    for u in range(users):
+        chosen = rng.choice(len(items), size=int(rng.integers(1, 9)), replace=False, p=p)
+        out[f"u{u:03d}"] = hist(f"u{u:03d}", *(items[j] for j in chosen))
+    return out
+
+
+def assert_same_csr(a: sparse.spmatrix, b: sparse.spmatrix) -> None:
+    a, b = sparse.csr_matrix(a, copy=True), sparse.csr_matrix(b, copy=True)
+    a.sort_indices()
+    b.sort_indices()
+    assert a.shape == b.shape
+    np.testing.assert_array_equal(a.indptr, b.indptr)
+    np.testing.assert_array_equal(a.indices, b.indices)
+    np.testing.assert_array_equal(a.data, b.data)  # bit for bit
+
+
+def test_a_neighbour_list_holds_the_items_above_its_m_plus_first_value() -> None:
+    rng = np.random.default_rng(3)
+    items = [f"i{j:03d}" for j in range(80)]
+    model = CollabModel.fit(random_histories(rng, 60, items), items)
+    m = 4
+    lists = model.neighbour_lists(m)
+    left, right = model._knn_factors()
+    full, listed = (left @ right).toarray(), lists.to_csr().toarray()
+    ties = 0
+    for j in range(len(items)):
+        values = np.sort(full[j][full[j] > 0])[::-1]
+        floor = values[m] if len(values) > m else 0.0
+        assert lists.floor[j] == floor
+        assert set(np.flatnonzero(listed[j])) == set(np.flatnonzero(full[j] > floor)), j
+        np.testing.assert_array_equal(listed[j][listed[j] > 0], full[j][listed[j] > 0])
+        ties += int(len(values) > m and values[m - 1] == values[m])
+    assert ties >= 5  # rows whose m-th value ties with the next were exercised
+
+
+def test_an_updated_model_equals_a_fresh_fit_bit_for_bit() -> None:
+    """Users gain and lose items, come and go; after each change the updated model's
+    matrix, popularity, transitions and neighbour lists are a fresh fit's, bit for bit,
+    and so are its scores. Ties are common here (small, skewed histories)."""
+    rng = np.random.default_rng(7)
+    items = [f"i{j:03d}" for j in range(400)]  # 25 patched rows before a merge: both are exercised
+    histories = dict(sorted(random_histories(rng, 120, items).items()))
+    model = CollabModel.fit(histories, items)
+    model.neighbour_lists(4)
+    p = np.arange(1, len(items) + 1) ** -0.8
+    p /= p.sum()
+    patched_seen = merged_seen = False
+    for step in range(40):
+        changed: dict[str, list[Interaction]] = {}
+        for k in range(int(rng.integers(1, 4))):
+            kind = int(rng.integers(0, 5))
+            user = sorted(histories)[int(rng.integers(len(histories)))] if kind < 4 else f"new{step}-{k}"
+            h = list(histories.get(user, []))
+            if kind == 0 and h:
+                h.pop(int(rng.integers(len(h))))  # loses an item
+            elif kind == 1:
+                h = []  # forgotten
+            elif kind == 2:
+                h = h[::-1]  # the same items in another order: only the transitions change
+            else:  # gains an item (a new user: their first)
+                item = items[int(rng.choice(len(items), p=p))]
+                if item not in {x.item_id for x in h}:
+                    h.append(Interaction(user, item, 5.0, None, 100 + step))
+            changed[user] = h
+            if h:
+                histories[user] = h
+            else:
+                histories.pop(user, None)
+        histories = dict(sorted(histories.items()))
+        before = len(model.neighbour_lists(4).patched)
+        model = model.update(changed)
+        after = len(model.neighbour_lists(4).patched)
+        patched_seen |= after > before
+        merged_seen |= after < before
+        fresh = CollabModel.fit(histories, items)
+        assert model.user_ids == tuple(histories)
+        assert_same_csr(model.matrix, fresh.matrix)
+        np.testing.assert_array_equal(model.popularity, fresh.popularity)
+        assert_same_csr(model.transition, fresh.transition)
+        assert_same_csr(model.neighbour_lists(4).to_csr(), fresh.neighbour_lists(4).to_csr())
+        np.testing.assert_array_equal(model.neighbour_lists(4).floor, fresh.neighbour_lists(4).floor)
+        probe = [histories[u] for u in list(histories)[:5]]
+        for name, values in model.scores(probe, ease=False, neighbours=4).items():
+            np.testing.assert_array_equal(values, fresh.scores(probe, ease=False, neighbours=4)[name])
+    assert patched_seen and merged_seen
+
+
+def test_only_a_model_fitted_on_user_ids_updates() -> None:
+    model = CollabModel.fit([hist("u1", "a", "b")], ["a", "b"])
+    with pytest.raises(ValueError, match="without user ids"):
+        model.update({"u1": hist("u1", "a")})
 
 
 def test_transition_counts_what_came_next_in_others_sequences() -> None:

@@ -207,3 +207,76 @@ def test_the_change_token_moves_on_any_commit_from_any_connection(tmp_path) -> N
     assert after != before and mine.get_meta("version") == "2"
     mine.set_meta("interactions", "x")
     assert mine.change_token() != after
+
+
+@pytest.mark.parametrize("pool", [False, True])  # the exact path, then the pool path forced on
+def test_feedback_updates_the_collaborative_model_to_what_a_refit_gives(
+    make_recommender, toy_files, monkeypatch, pool: bool
+) -> None:
+    """Thumbs up and down, a removal and a new user are applied to the model in place
+    (no refit), and the answers are then a freshly opened Recommender's, scores and
+    reasons included; forgetting a user refits."""
+    from recbot.retrieval.hybrid import CollabModel
+
+    rec = make_recommender(hybrid_pool=pool)
+    rec.ingest(toy_files[0], interactions=toy_files[1])
+    users = ["spacefan", "baker", "fan2", "nobody-yet"]
+    rec.recommend("spacefan", k=5, blurbs=False)  # fitted here
+    fits: list[int] = []
+    fit = CollabModel.fit.__func__  # type: ignore[attr-defined]
+    monkeypatch.setattr(CollabModel, "fit", classmethod(lambda cls, *a, **kw: fits.append(1) or fit(cls, *a, **kw)))
+    rec.add_feedback("fan2", "s1", liked=True)
+    rec.add_feedback("fan2", "s4", liked=True)
+    assert rec.recommend("spacefan", k=5, blurbs=False)  # updated here
+    rec.add_feedback("nobody-yet", "c1", liked=True)
+    rec.add_feedback("baker", "c2", liked=False)
+    rec.remove_from_history("spacefan", "s2")
+
+    def answers(r):  # type: ignore[no-untyped-def]
+        out = {}
+        for user in users:
+            recs = r.recommend(user, k=5, blurbs=False)
+            out[user] = (
+                recs.strategy,
+                [(x.item.id, x.score, [(b.item_id, b.also_liked_by) for b in x.because]) for x in recs],
+            )
+        return out
+
+    updated = answers(rec)
+    assert fits == []
+    assert updated["spacefan"][0] == ("hybrid-pool" if pool else "hybrid")
+    fresh = answers(make_recommender(data_dir=rec.settings.data_dir, hybrid_pool=pool))
+    assert fits  # the fresh Recommender fitted its own
+    assert updated == fresh
+    fits.clear()
+    rec.forget("nobody-yet")
+    rec.recommend("spacefan", k=5, blurbs=False)
+    assert fits == [1]  # the log names no forgotten user: refitted
+
+
+def test_the_interaction_log_names_who_changed_and_never_a_forgotten_user(tmp_path, monkeypatch) -> None:
+    import recbot.storage
+    from recbot.storage import Storage
+    from recbot.types import Interaction
+
+    storage = Storage(tmp_path / "s.sqlite3")
+    assert storage.interaction_seq() == 0 and storage.interaction_changes(0) == (0, [])
+    storage.upsert_interactions([Interaction("b", "x", 5.0, None, 1), Interaction("a", "x", 5.0, None, 1)])
+    seq = storage.interaction_seq()
+    storage.remove_interaction("c", "y")
+    storage.upsert_interactions([Interaction("a", "y", 5.0, None, 2)])
+    assert storage.interaction_changes(0) == (storage.interaction_seq(), ["a", "b", "c"])
+    assert storage.interaction_changes(seq) == (storage.interaction_seq(), ["a", "c"])
+    now = storage.interaction_seq()
+    assert storage.interaction_changes(now) == (now, [])
+    storage.upsert_interactions([Interaction("secret-user", "x", 5.0, "my review", 3)])
+    storage.forget_user("secret-user")
+    assert storage.interaction_changes(now)[1] is None  # refit
+    assert not storage._query("SELECT 1 FROM interaction_log WHERE user_id = 'secret-user'")
+    latest = storage.interaction_seq()
+    monkeypatch.setattr(recbot.storage, "LOG_KEEP", 2)  # a reader the kept log no longer reaches
+    for user in "pqr":
+        storage.remove_interaction(user, "x")
+    assert storage.interaction_changes(latest)[1] is None
+    assert storage.interaction_changes(storage.interaction_seq() - 1)[1] == ["r"]
+    storage.close()

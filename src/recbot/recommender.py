@@ -64,6 +64,9 @@ if TYPE_CHECKING:
     from recbot.generation.train import TrainConfig, TrainReport
 
 _ASK_CACHE = 1024  # ask texts whose vectors are kept
+# Past this many users changed since a model was fitted (or a tenth of its users), it is
+# fitted again rather than updated; both give the same model, this only picks the faster.
+UPDATE_MAX_USERS = 1000
 
 __all__ = ["STRATEGY_TEXT", "BlurbWriter", "Recommendations", "Recommender", "Strategy"]
 
@@ -176,9 +179,10 @@ class Recommender:
         self._version = storage.get_meta("version")
         self._interactions = storage.get_meta("interactions")  # bumped by feedback (add_feedback)
         self._popularity: dict[str, int] | None = None
-        self._collab: tuple[Snapshot, CollabModel] | None = None  # fitted on the stored interactions
-        # the pool path's model over every item, its sample's rows and their vectors
-        self._pool: tuple[CollabModel, np.ndarray, np.ndarray] | None = None
+        # fitted on the stored interactions, with the interaction log's position they hold
+        self._collab: tuple[Snapshot, CollabModel, int] | None = None
+        self._pool: _Pool | None = None  # the pool path's model over every item, and its sample
+        self._model_lock = threading.Lock()  # one thread fits or updates a model; the others wait for it
         self._categories: tuple[Mapping[str, Item], frozenset[str]] | None = None  # (catalog, its categories)
         self._ask_index: AskIndex | None = None  # the catalog's titles, categories and tags, for asks
         self._name_vectors: dict[str, np.ndarray] = {}  # category/tag name -> BERT vector, for asks
@@ -374,7 +378,7 @@ class Recommender:
         # 4. explain: "because you liked X", co-occurrence counting as evidence on the hybrid path
         recs = []
         n_reasons = self.settings.reasons_per_item
-        collab = hybrid[1] if hybrid is not None else pool
+        collab = hybrid[1] if hybrid is not None else pool.model if pool is not None else None
         history_ids = [h.item_id for h in history]
         together = None
         if collab is not None:  # on the pool path, from the neighbour lists its ranking used
@@ -675,11 +679,9 @@ class Recommender:
             self._categories = None
             self._ask_index = None
         interactions = self.storage.get_meta("interactions")
-        if interactions != self._interactions:
+        if interactions != self._interactions:  # the models catch up on use (``_caught_up``)
             self._interactions = interactions
             self._popularity = None
-            self._collab = None
-            self._pool = None
 
     def _review_vectors(self, user_id: str) -> dict[str, np.ndarray]:
         """The user's embedded reviews by item id (cached at ingest)."""
@@ -692,11 +694,33 @@ class Recommender:
         view = self.store.exact_view()
         if view is None or self.settings.hybrid_pool:
             return None
-        if self._collab is None or self._collab[0] is not view:
-            histories = self.storage.histories()
-            self._collab = (view, CollabModel.fit(histories.values(), view.ids))
-        model = self._collab[1]
+        with self._model_lock:
+            held = self._collab
+            model, seq = self._caught_up(held[1:] if held is not None and held[0] is view else None, view.ids)
+            self._collab = (view, model, seq)
         return (view, model) if model.users >= 2 else None
+
+    def _caught_up(self, held: tuple[CollabModel, int] | None, items: Sequence[str]) -> tuple[CollabModel, int]:
+        """``held`` (a model and the interaction log's position it reflects) brought up to
+        the stored interactions: updated with the histories of the users changed since
+        (``CollabModel.update``, equal to a refit), or fitted afresh when there is none, a
+        user was forgotten, or more than ``UPDATE_MAX_USERS`` (or a tenth of all) changed."""
+        if held is not None:
+            model, seq = held
+            latest, users = self.storage.interaction_changes(seq)
+            if latest == seq:
+                return held
+            if users is not None and len(users) <= max(UPDATE_MAX_USERS, model.users // 10):
+                started = time.perf_counter()
+                model = model.update({u: self.storage.history(u) for u in users})
+                logger.debug(
+                    "updated the collaborative model for %d user(s) in %.3f s",
+                    len(users),
+                    time.perf_counter() - started,
+                )
+                return model, latest
+        seq = self.storage.interaction_seq()  # before the read: what lands after is replayed
+        return CollabModel.fit(self.storage.histories(), items), seq
 
     def _hybrid_candidates(
         self,
@@ -730,26 +754,34 @@ class Recommender:
         top = top[np.lexsort((top, -scores[top]))]  # best first, ties by row
         return [view.ids[row] for row in top], scores[top]
 
-    def _pool_model(self) -> CollabModel | None:
+    def _pool_model(self) -> _Pool | None:
         """The collaborative model over every catalog item, for the pool path (beyond
-        ``exact_search_max_items`` items, or with ``hybrid_pool``); None below the
-        threshold, or before two users have interactions."""
+        ``exact_search_max_items`` items, or with ``hybrid_pool``), with its neighbour
+        lists built; None below the threshold, or before two users have interactions."""
         if not self.settings.hybrid_pool and self.store.exact_view() is not None:
             return None
-        if self._pool is None:
-            items = sorted(self.storage.items())
-            model = CollabModel.fit(self.storage.histories().values(), items)
-            # the fixed sample whose cosines stand in for the catalog's (pool_scores)
-            sample = pool_sample(items)
-            vectors = self.store.get_vectors(sample)
-            sample = [i for i in sample if i in vectors]
-            matrix = np.stack([vectors[i] for i in sample]) if sample else np.zeros((0, 1), dtype=np.float32)
-            self._pool = (model, np.array([model.index[i] for i in sample], dtype=np.int64), matrix)
-        return self._pool[0] if self._pool[0].users >= 2 else None
+        with self._model_lock:
+            pool = self._pool
+            if pool is None:
+                items = sorted(self.storage.items())
+                model, seq = self._caught_up(None, items)
+                # the fixed sample whose cosines stand in for the catalog's (pool_scores)
+                sample = pool_sample(items)
+                vectors = self.store.get_vectors(sample)
+                sample = [i for i in sample if i in vectors]
+                matrix = np.stack([vectors[i] for i in sample]) if sample else np.zeros((0, 1), dtype=np.float32)
+                rows = np.array([model.index[i] for i in sample], dtype=np.int64)
+                pool = _Pool(model, seq, rows, matrix)
+            else:
+                model, seq = self._caught_up((pool.model, pool.seq), pool.model.items)
+                pool = _Pool(model, seq, pool.sample_rows, pool.sample_matrix)
+            pool.model.neighbour_lists(self.settings.pool_neighbours)  # built here, once, not by a request
+            self._pool = pool
+        return pool if pool.model.users >= 2 else None
 
     def _pool_candidates(
         self,
-        model: CollabModel,
+        pool: _Pool,
         r: _Ranking,
     ) -> tuple[list[str], np.ndarray, dict[str, np.ndarray]]:
         """The hybrid without every item's score: candidates are the union of the
@@ -762,8 +794,7 @@ class Recommender:
         ids, their scores, and their vectors."""
         history, profile, ask, filters, exclude = r.history, r.profile, r.ask, r.filters, r.exclude
         anchors, tags, catalog, ask_weight = r.anchors, r.tags, r.catalog, r.ask_weight
-        assert self._pool is not None
-        _, sample_rows, sample_matrix = self._pool
+        model, sample_rows, sample_matrix = pool.model, pool.sample_rows, pool.sample_matrix
         weights = self.hybrid_weights().weights
         n = self.settings.pool_size
         parts = model.scores([history], ease=bool(weights.get("ease")), neighbours=self.settings.pool_neighbours)
@@ -827,6 +858,17 @@ class Recommender:
         ids = ids[: self.settings.candidates]
         top = max((pop.get(i, 0) for i in ids), default=0) or 1
         return ids, np.array([pop.get(i, 0) / top for i in ids])
+
+
+@dataclass(frozen=True)
+class _Pool:
+    """The pool path's collaborative model, the interaction log's position it reflects,
+    and the fixed sample of items (rows, vectors) whose scores stand in for the catalog's."""
+
+    model: CollabModel
+    seq: int
+    sample_rows: np.ndarray
+    sample_matrix: np.ndarray
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,13 @@ CREATE TABLE IF NOT EXISTS review_vectors (
     PRIMARY KEY (user_id, item_id)
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS interaction_log (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    user_id TEXT                     -- whose interactions changed; NULL: a user was forgotten
+);
 """
+# interaction_log rows kept: a reader that fell further behind refits from the interactions
+LOG_KEEP = 100_000
 
 
 def item_hash(item: Item, encoder_id: str) -> str:
@@ -155,6 +161,7 @@ class Storage:
                 "rating=excluded.rating, review=excluded.review, timestamp=excluded.timestamp",
                 rows,
             )
+            _log(conn, sorted({row[0] for row in rows}))
         return len(rows)
 
     def history(self, user_id: str) -> list[Interaction]:
@@ -180,6 +187,25 @@ class Storage:
     def remove_interaction(self, user_id: str, item_id: str) -> None:
         with self.transaction() as conn:
             conn.execute("DELETE FROM interactions WHERE user_id = ? AND item_id = ?", (user_id, item_id))
+            _log(conn, [user_id])
+
+    def interaction_seq(self) -> int:
+        """Where the interaction log stands: read it before reading the interactions a
+        model is fitted on, and ask ``interaction_changes`` from it after."""
+        return int(self._query("SELECT COALESCE(MAX(seq), 0) FROM interaction_log")[0][0])
+
+    def interaction_changes(self, since: int) -> tuple[int, list[str] | None]:
+        """The log's position now, and the users whose interactions changed after ``since``
+        (sorted); None instead of users when a model must be refitted: a user was forgotten
+        (the log keeps no name of theirs), or the log no longer reaches back to ``since``."""
+        rows = self._query("SELECT seq, user_id FROM interaction_log WHERE seq > ? ORDER BY seq", (since,))
+        if not rows:
+            return since, []
+        first = int(self._query("SELECT MIN(seq) FROM interaction_log")[0][0])
+        latest = int(rows[-1][0])
+        if first > since + 1 or any(user is None for _, user in rows):
+            return latest, None
+        return latest, sorted({user for _, user in rows})
 
     def forget_user(self, user_id: str) -> dict[str, int]:
         """Delete every row of ``user_id`` (interactions with their reviews, feedback, review
@@ -192,6 +218,8 @@ class Storage:
         with self.transaction() as conn:
             for table in tables:
                 counts[table] = conn.execute(f"DELETE FROM {table} WHERE user_id = ?", (user_id,)).rowcount
+            conn.execute("DELETE FROM interaction_log WHERE user_id = ?", (user_id,))
+            _log(conn, [None])  # readers refit: the log says a user went, not who
         with self._lock:
             self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return counts
@@ -260,3 +288,10 @@ class Storage:
     def set_meta(self, key: str, value: str) -> None:
         with self.transaction() as conn:
             conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+
+def _log(conn: sqlite3.Connection, users: Iterable[str | None]) -> None:
+    """Record in ``interaction_log`` whose interactions changed (in the writer's
+    transaction), keeping its last ``LOG_KEEP`` rows."""
+    conn.executemany("INSERT INTO interaction_log (user_id) VALUES (?)", [(u,) for u in users])
+    conn.execute("DELETE FROM interaction_log WHERE seq <= (SELECT MAX(seq) FROM interaction_log) - ?", (LOG_KEEP,))

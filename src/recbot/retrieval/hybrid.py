@@ -32,9 +32,9 @@ content-only ranking.
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import json
-import os
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +43,7 @@ import numpy as np
 from scipy import linalg, sparse
 
 from recbot.config import Settings
+from recbot.retrieval.neighbours import NeighbourLists, changed_rows, replace_rows, top_m_rows
 from recbot.retrieval.profile import interest_profile
 from recbot.types import Interaction
 
@@ -125,6 +126,63 @@ def history_matrix(
     return m
 
 
+def _sequences(histories: Sequence[Sequence[Interaction]], index: Mapping[str, int]) -> sparse.csr_matrix:
+    """Users x positions: each history's known items in order, stored as item row + 1."""
+    values, lengths = [], []
+    for hist in histories:
+        ids = [index[h.item_id] + 1 for h in hist if h.item_id in index]
+        values.extend(ids)
+        lengths.append(len(ids))
+    indptr = np.r_[0, np.cumsum(lengths, dtype=np.int64)]
+    positions = np.arange(len(values), dtype=np.int64) - np.repeat(indptr[:-1], lengths)
+    width = max(lengths, default=0)
+    return sparse.csr_matrix((np.asarray(values, dtype=np.int64), positions, indptr), shape=(len(histories), width))
+
+
+def _widened(m: sparse.csr_matrix, width: int) -> sparse.csr_matrix:
+    return sparse.csr_matrix((m.data, m.indices, m.indptr), shape=(m.shape[0], width))
+
+
+def _row_of(m: sparse.csr_matrix) -> np.ndarray:
+    return np.repeat(np.arange(m.shape[0]), np.diff(m.indptr))
+
+
+def _binary(sequences: sparse.csr_matrix, n_items: int) -> sparse.csr_matrix:
+    """Users x items, 1 where the user holds the item (``history_matrix``'s)."""
+    ones = np.ones(sequences.nnz, dtype=np.float32)
+    x = sparse.coo_matrix((ones, (_row_of(sequences), sequences.data - 1)), shape=(sequences.shape[0], n_items))
+    x = x.tocsr()
+    x.sum_duplicates()
+    x.data[:] = 1.0
+    return x
+
+
+def _transition_counts(sequences: sparse.csr_matrix, n_items: int) -> sparse.csr_matrix:
+    """Items x items: how often the column item came within ``TRANSITION_WINDOW`` steps
+    after the row item, over the ``sequences`` (``_sequences``)."""
+    row, item = _row_of(sequences), sequences.data - 1
+    sources, targets = [], []
+    for step in range(1, TRANSITION_WINDOW + 1):
+        same = row[:-step] == row[step:]
+        sources.append(item[:-step][same])
+        targets.append(item[step:][same])
+    src, dst = np.concatenate(sources), np.concatenate(targets)
+    t = sparse.coo_matrix((np.ones(len(src), dtype=np.float32), (src, dst)), shape=(n_items, n_items)).tocsr()
+    t.sum_duplicates()
+    return t
+
+
+def _normalised(counts: sparse.csr_matrix) -> tuple[sparse.csr_matrix, np.ndarray]:
+    """``counts`` row-normalised, and the row sums (1 for an empty row)."""
+    sums = np.asarray(counts.sum(axis=1)).ravel()
+    sums[sums == 0] = 1.0
+    return (sparse.diags(1.0 / sums).astype(np.float32) @ counts).tocsr(), sums
+
+
+def _popularity(x: sparse.csr_matrix) -> np.ndarray:
+    return np.asarray(x.sum(axis=0)).ravel().astype(np.float32)
+
+
 def _spd_inverse(a: np.ndarray) -> np.ndarray:
     """The inverse of a symmetric positive definite matrix (overwritten): Cholesky, then
     LAPACK's potri, which fills one triangle."""
@@ -205,34 +263,108 @@ class CollabModel:
     popularity: np.ndarray
     transition: sparse.csr_matrix
     ease_lambda: float = EASE_LAMBDA
+    # what ``update`` needs: the users in row order (sorted), each one's known items in
+    # time order (a ragged users x positions matrix holding item row + 1), the transition
+    # rows' sums of counts; None when fitted without user ids
+    user_ids: tuple[str, ...] | None = None
+    sequences: sparse.csr_matrix | None = field(default=None, repr=False)
+    transition_sums: np.ndarray | None = field(default=None, repr=False)
     _transposed: sparse.csr_matrix | None = field(default=None, init=False, repr=False)  # lazy Xᵀ
     _ease: Ease | None = field(default=None, init=False, repr=False)  # lazy: only when ranked with
-    _neighbours: dict[int, sparse.csr_matrix] = field(default_factory=dict, init=False, repr=False)  # lazy
+    _neighbours: dict[int, NeighbourLists] = field(default_factory=dict, init=False, repr=False)  # lazy
     _popular: dict[int, set[int]] = field(default_factory=dict, init=False, repr=False)  # lazy
 
     @classmethod
     def fit(
-        cls, histories: Iterable[Sequence[Interaction]], items: Sequence[str], *, ease_lambda: float = EASE_LAMBDA
+        cls,
+        histories: Mapping[str, Sequence[Interaction]] | Iterable[Sequence[Interaction]],
+        items: Sequence[str],
+        *,
+        ease_lambda: float = EASE_LAMBDA,
     ) -> CollabModel:
-        """Statistics of ``histories`` (each in time order) over the universe ``items``."""
+        """Statistics of ``histories`` (each in time order) over the universe ``items``.
+        Given as a mapping from user id, in sorted order (``Storage.histories``), the model
+        can be ``update``d as users' histories change."""
+        users = tuple(histories) if isinstance(histories, Mapping) else None
+        hists = list(histories.values()) if isinstance(histories, Mapping) else list(histories)
         index = {item: j for j, item in enumerate(items)}
-        hists = list(histories)
-        x = history_matrix(hists, index)
-        popularity = np.asarray(x.sum(axis=0)).ravel().astype(np.float32)
-        rows, cols = [], []
-        for hist in hists:
-            ids = [index[h.item_id] for h in hist if h.item_id in index]
-            for a in range(len(ids)):
-                for b in range(a + 1, min(a + 1 + TRANSITION_WINDOW, len(ids))):
-                    rows.append(ids[a])
-                    cols.append(ids[b])
-        n = len(index)
-        t = sparse.coo_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(n, n)).tocsr()
-        t.sum_duplicates()
-        sums = np.asarray(t.sum(axis=1)).ravel()
-        sums[sums == 0] = 1.0
-        transition = (sparse.diags(1.0 / sums).astype(np.float32) @ t).tocsr()
-        return cls(list(items), index, x, popularity, transition, ease_lambda)
+        sequences = _sequences(hists, index)
+        x = _binary(sequences, len(index))
+        counts = _transition_counts(sequences, len(index))
+        transition, sums = _normalised(counts)
+        return cls(
+            list(items),
+            index,
+            x,
+            _popularity(x),
+            transition,
+            ease_lambda,
+            users,
+            sequences if users is not None else None,
+            sums if users is not None else None,
+        )
+
+    def update(self, changed: Mapping[str, Sequence[Interaction]]) -> CollabModel:
+        """This model with each user of ``changed`` holding the history given (time order;
+        an empty one removes the user), as ``fit`` would give on the new histories, bit for
+        bit: rows stay in user order, and only what the changed users touch is recomputed
+        (their rows, the items they gained or lost, the transitions from their items, the
+        neighbour lists those items can reach: ``neighbours.changed_rows``). EASE, when
+        used, is refitted on first use."""
+        if self.user_ids is None or self.sequences is None or self.transition_sums is None:
+            raise ValueError("this model was fitted without user ids: fit it on a mapping of user -> history")
+        n_items = len(self.items)
+        position = {u: r for r, u in enumerate(self.user_ids)}
+        gone = {u for u, h in changed.items() if not h}
+        fresh = sorted(u for u, h in changed.items() if h)
+        kept = [u for u in self.user_ids if u not in gone and u not in changed]
+        users = tuple(heapq.merge(kept, fresh))
+        new_seq = _sequences([changed[u] for u in fresh], self.index)
+        # rows of the new matrices: an unchanged user's old row, or a changed user's new one
+        slot = {u: len(self.user_ids) + k for k, u in enumerate(fresh)}
+        select = np.array([slot[u] if u in slot else position[u] for u in users], dtype=np.int64)
+        width = max(self.sequences.shape[1], new_seq.shape[1])
+        sequences = sparse.vstack([_widened(self.sequences, width), _widened(new_seq, width)], format="csr")[select]
+        x = sparse.vstack([self.matrix, _binary(new_seq, n_items)], format="csr")[select]
+        old_rows = np.array(sorted(position[u] for u in changed if u in position), dtype=np.int64)
+        old_seq = self.sequences[old_rows]
+        # the transition rows from every item the changed users held, before or after
+        old_pairs, new_pairs = _transition_counts(old_seq, n_items), _transition_counts(new_seq, n_items)
+        sources = np.union1d(np.unique(old_pairs.nonzero()[0]), np.unique(new_pairs.nonzero()[0]))
+        was = self.transition[sources]  # its counts, back from the normalised rows and their sums
+        counts = sparse.csr_matrix(
+            (
+                np.rint(was.data * np.repeat(self.transition_sums[sources], np.diff(was.indptr))),
+                was.indices,
+                was.indptr,
+            ),
+            shape=was.shape,
+            dtype=np.float32,
+        )
+        counts = (counts + new_pairs[sources] - old_pairs[sources]).tocsr()
+        counts.eliminate_zeros()
+        rows, sums = _normalised(counts)
+        transition = replace_rows(self.transition, sources, rows)
+        transition_sums = self.transition_sums.copy()
+        transition_sums[sources] = sums
+        model = CollabModel(
+            self.items, self.index, x, _popularity(x), transition, self.ease_lambda, users, sequences, transition_sums
+        )
+        if self._neighbours:  # the neighbour lists built so far, patched where they can have changed
+            gained_or_lost = set()
+            for u in changed:
+                old = set(self.sequences[position[u]].data - 1) if u in position else set()
+                new = set(new_seq[fresh.index(u)].data - 1) if u in slot else set()
+                gained_or_lost |= old ^ new
+            moved = np.array(sorted(gained_or_lost), dtype=np.int64)
+            if len(moved):
+                before, after = self._cosine_rows(moved), model._cosine_rows(moved)
+            for m, lists in self._neighbours.items():
+                if len(moved):
+                    rows = np.union1d(moved, changed_rows(before, after, lists.floor))
+                    lists = lists.replaced(rows, *top_m_rows(*model._knn_factors(rows), m))
+                model._neighbours[m] = lists
+        return model
 
     @property
     def users(self) -> int:
@@ -295,22 +427,31 @@ class CollabModel:
             self._popular[n] = top_rows(np.log1p(self.popularity), n)
         return self._popular[n]
 
-    def neighbour_lists(self, m: int) -> sparse.csr_matrix:
-        """Items x items: each item's ``m`` most similar items by the item-kNN cosine (the
-        item itself, at 1, among them), computed once per model by a sparse product that
-        keeps only each row's top ``m`` (``sparse_dot_topn``), in memory O(items x m)."""
+    def neighbour_lists(self, m: int) -> NeighbourLists:
+        """Each item's ``m`` most similar items by the item-kNN cosine (the item itself, at
+        1, among them; ties at the last place: the smaller row), computed once per model by
+        a sparse product that keeps only each row's top ``m`` (``neighbours.top_m_rows``),
+        in memory O(items x m); ``update`` patches them."""
         cached = self._neighbours.get(m)
         if cached is None:
-            from sparse_dot_topn import sp_matmul_topn
-
-            inv = sparse.diags(self._inv)
-            left = (inv @ self._matrix_t).tocsr()  # items x users, rows scaled
-            right = (self.matrix.astype(np.float32) @ inv).tocsr()  # users x items, columns scaled
-            threads = max(1, min(8, os.cpu_count() or 1))  # rows are independent: any count, same lists
-            cached = sp_matmul_topn(left, right, top_n=m, threshold=0.0, n_threads=threads).tocsr()
-            cached.sort_indices()
-            self._neighbours[m] = cached
+            cached = self._neighbours[m] = NeighbourLists.build(*self._knn_factors(), m)
         return cached
+
+    def _knn_factors(self, rows: np.ndarray | None = None) -> tuple[sparse.csr_matrix, sparse.csr_matrix]:
+        """Item-kNN's cosine as a product: (items x users, rows scaled) @ (users x items,
+        columns scaled); the left factor for ``rows`` only when given."""
+        inv = self._inv
+        left_t = self._matrix_t if rows is None else self._matrix_t[rows]
+        left = (sparse.diags(inv if rows is None else inv[rows]) @ left_t).tocsr()
+        right = (self.matrix.astype(np.float32) @ sparse.diags(inv)).tocsr()
+        return left, right
+
+    def _cosine_rows(self, rows: np.ndarray) -> sparse.csr_matrix:
+        """The item-kNN cosines of ``rows`` to every item, in float64 (full rows, not lists)."""
+        both = (self._matrix_t[rows] @ self.matrix).tocsr().astype(np.float64)  # users with both
+        inv = self._inv.astype(np.float64)
+        both.data *= np.repeat(inv[rows], np.diff(both.indptr)) * inv[both.indices]
+        return both
 
     def together(self, items: Sequence[str], item: str) -> tuple[np.ndarray, np.ndarray]:
         """For each of ``items``: how many users have both it and ``item``, and the
@@ -338,7 +479,8 @@ class CollabModel:
             cos = both / scale
         else:
             lists = self.neighbour_lists(neighbours)
-            cos = np.maximum(lists[rows][:, cols].toarray(), lists[cols][:, rows].toarray().T).astype(np.float64)
+            cos = np.maximum(lists.rows(rows)[:, cols].toarray(), lists.rows(cols)[:, rows].toarray().T)
+            cos = cos.astype(np.float64)
             both = np.rint(cos * scale)
         for c, t in enumerate(where):
             counts, cosines = out[t]
@@ -372,7 +514,9 @@ class CollabModel:
         if neighbours is None:
             knn = self._knn(rows)  # one pass for the three kNN variants
         else:
-            knn = np.asarray((rows.astype(np.float32) @ self.neighbour_lists(neighbours)).toarray(), dtype=np.float32)
+            held = np.unique(rows.indices)  # only the history items' lists are read
+            lists = self.neighbour_lists(neighbours).rows(held)
+            knn = np.asarray((rows[:, held].astype(np.float32) @ lists).toarray(), dtype=np.float32)
         last = history_matrix(h, idx, last=TRANSITION_LAST, half_life=TRANSITION_HALF_LIFE)
         out = {
             "knn": knn[:n],

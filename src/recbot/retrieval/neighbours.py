@@ -1,0 +1,164 @@
+"""Item-item neighbour lists: each item's ``m`` most similar items by the item-kNN cosine,
+kept sparse (items x m), built by ``sparse_dot_topn`` and patched row by row when
+interactions change (``CollabModel.update``).
+
+A list is defined by its values alone, so the same interactions give the same lists
+however they were reached (a fresh build, or any sequence of updates): the items more
+similar than the row's ``m+1``-th most similar one. That is the ``m`` largest, less a run
+of values tied at the ``m``-th place (``sparse_dot_topn`` would keep *some* of the run, as
+its heap happens to, which depends on the order the sums were touched).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import sparse
+
+__all__ = ["NeighbourLists", "changed_rows", "replace_rows", "top_m_rows"]
+
+
+def _threads() -> int:
+    return max(1, min(8, os.cpu_count() or 1))  # rows are independent: any count gives the same lists
+
+
+def top_m_rows(left: sparse.csr_matrix, right: sparse.csr_matrix, m: int) -> tuple[sparse.csr_matrix, np.ndarray]:
+    """Each row of ``left @ right`` cut to its values above its floor: the ``m+1``-th
+    largest positive value (0 when there are at most ``m``). That is the row's ``m``
+    largest, less any run of values tied at the ``m``-th place; and the floors.
+
+    Defined by the values alone, and the values are sums of equal terms for item-kNN
+    (every entry of a row of ``left`` is the same, and of a column of ``right``), so the
+    lists do not depend on the order the product visits them: a row recomputed after an
+    update equals the row a fresh build gives. (``sparse_dot_topn`` keeps *a* top ``m``,
+    breaking ties as its heap happens to; dropping the tied run costs nothing to compute,
+    where keeping it whole or cutting it by column needs the row's whole run.)
+    """
+    from sparse_dot_topn import sp_matmul_topn
+
+    top = sp_matmul_topn(left, right, top_n=m + 1, threshold=0.0, sort=True, n_threads=_threads()).tocsr()
+    lengths = np.diff(top.indptr)
+    over = np.flatnonzero(lengths > m)
+    floor = np.zeros(left.shape[0], dtype=np.float32)
+    floor[over] = top.data[top.indptr[over] + m]  # values come largest first
+    row = np.repeat(np.arange(left.shape[0]), lengths)
+    keep = top.data > floor[row]
+    out = sparse.csr_matrix(
+        (top.data[keep], top.indices[keep], np.r_[0, np.cumsum(np.bincount(row[keep], minlength=left.shape[0]))]),
+        shape=top.shape,
+    )
+    return sparse.csr_matrix(out, dtype=np.float32), floor
+
+
+def replace_rows(m: sparse.csr_matrix, rows: np.ndarray, new: sparse.csr_matrix) -> sparse.csr_matrix:
+    """``m`` with its ``rows`` replaced by the rows of ``new``, in that order."""
+    select = np.arange(m.shape[0])
+    select[rows] = m.shape[0] + np.arange(len(rows))
+    return sparse.vstack([m, new], format="csr")[select]
+
+
+def _cut(top: sparse.csr_matrix, floor: np.ndarray, m: int) -> sparse.csr_matrix:
+    """Rows of ``top`` (each holding every value at or above its ``floor``) cut to the
+    values above the floor plus the smallest columns at it, ``m`` entries in all (all of
+    a row with a floor of 0, which holds at most ``m``)."""
+    row = np.repeat(np.arange(top.shape[0]), np.diff(top.indptr))
+    above = top.data > floor[row]
+    at = np.flatnonzero(top.data == floor[row])
+    room = m - np.bincount(row[above], minlength=top.shape[0])
+    at = at[np.lexsort((top.indices[at], row[at]))]  # by row, then column
+    first = np.searchsorted(row[at], row[at])  # where each row's run of "at" entries starts
+    keep = above.copy()
+    keep[at[np.arange(len(at)) - first < room[row[at]]]] = True
+    lengths = np.bincount(row[keep], minlength=top.shape[0])
+    return sparse.csr_matrix((top.data[keep], top.indices[keep], np.r_[0, np.cumsum(lengths)]), top.shape)
+
+
+@dataclass(frozen=True)
+class NeighbourLists:
+    """Every item's top-``m`` list (``top_m_rows``): a base matrix, the rows replaced
+    since (``patched``), and each row's floor (the value a cosine must exceed to be
+    listed). Updates share the base and copy only the patch; past ``items / 16`` patched
+    rows a new base is written."""
+
+    m: int
+    base: sparse.csr_matrix
+    floor: np.ndarray
+    patched: Mapping[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # row -> (columns, values)
+
+    @classmethod
+    def build(cls, left: sparse.csr_matrix, right: sparse.csr_matrix, m: int) -> NeighbourLists:
+        base, floor = top_m_rows(left, right, m)
+        return cls(m, base, floor)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (int(self.base.shape[0]), int(self.base.shape[1]))
+
+    def rows(self, rows: Sequence[int] | np.ndarray) -> sparse.csr_matrix:
+        """The lists of ``rows``, as a (len(rows), items) matrix."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = self.base[rows]
+        if not self.patched or not any(int(r) in self.patched for r in rows):
+            return out
+        cols, vals, lengths = [], [], []
+        for k, r in enumerate(rows):
+            got = self.patched.get(int(r))
+            if got is None:
+                start, end = out.indptr[k], out.indptr[k + 1]
+                got = (out.indices[start:end], out.data[start:end])
+            cols.append(got[0])
+            vals.append(got[1])
+            lengths.append(len(got[0]))
+        indptr = np.r_[0, np.cumsum(lengths)]
+        data = np.concatenate(vals) if vals else np.zeros(0, dtype=np.float32)
+        indices = np.concatenate(cols) if cols else np.zeros(0, dtype=np.int32)
+        return sparse.csr_matrix((data, indices, indptr), shape=(len(rows), self.shape[1]))
+
+    def to_csr(self) -> sparse.csr_matrix:
+        """Every list, as one items x items matrix."""
+        if not self.patched:
+            return self.base
+        rows = np.array(sorted(self.patched), dtype=np.int64)
+        cols = [self.patched[int(r)][0] for r in rows]
+        vals = [self.patched[int(r)][1] for r in rows]
+        patch = sparse.csr_matrix(
+            (np.concatenate(vals), np.concatenate(cols), np.r_[0, np.cumsum([len(c) for c in cols])]),
+            shape=(len(rows), self.shape[1]),
+        )
+        return replace_rows(self.base, rows, patch)
+
+    def replaced(self, rows: np.ndarray, lists: sparse.csr_matrix, floor: np.ndarray) -> NeighbourLists:
+        """These lists with ``rows`` replaced by ``lists``' rows (and their floors)."""
+        new_floor = self.floor.copy()
+        new_floor[rows] = floor
+        patched = dict(self.patched)
+        for k, r in enumerate(rows.tolist()):
+            start, end = lists.indptr[k], lists.indptr[k + 1]
+            patched[r] = (lists.indices[start:end], lists.data[start:end])
+        merged = NeighbourLists(self.m, self.base, new_floor, patched)
+        if len(patched) <= self.shape[0] // 16:
+            return merged
+        return NeighbourLists(self.m, merged.to_csr(), new_floor)
+
+
+def changed_rows(
+    before: sparse.csr_matrix, after: sparse.csr_matrix, floor: np.ndarray, *, slack: float = 1e-5
+) -> np.ndarray:
+    """Rows whose list may change when the columns behind ``before``/``after`` changed.
+
+    ``before`` and ``after`` are the changed items' full cosine rows (changed items x
+    items, float64) before and after the change. Every other pair's cosine is unchanged,
+    so another item's list can only change through a changed item: when its cosine to it
+    reaches the list's floor, before or after (it was in the list, or may enter it). The
+    comparison is loosened by ``slack`` so a last-bit difference between this float64
+    cosine and the list's float32 sum can only add a row to recompute, never miss one.
+    """
+    both = sparse.vstack([before, after], format="csr")
+    if both.nnz == 0:
+        return np.zeros(0, dtype=np.int64)
+    cols = both.indices
+    hit = both.data >= floor[cols].astype(np.float64) * (1.0 - slack)
+    return np.unique(cols[hit])
