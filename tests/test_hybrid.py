@@ -174,6 +174,29 @@ def test_an_updated_model_equals_a_fresh_fit_bit_for_bit() -> None:
     assert patched_seen and merged_seen
 
 
+def test_the_update_rules_cosine_bounds_hold_the_lists_float32_sums() -> None:
+    """A list holds float32 sums of many equal terms, which drift from the exact cosine
+    as the count of users with both grows (here to thousands); the bounds the update
+    compares with the floors must stay above every sum, or a row could be missed."""
+    rng = np.random.default_rng(5)
+    items = [f"i{j:02d}" for j in range(30)]
+    p = np.arange(1, 31) ** -0.5
+    p /= p.sum()
+    histories = {
+        f"u{u:05d}": hist(f"u{u:05d}", *(items[j] for j in rng.choice(30, size=12, replace=False, p=p)))
+        for u in range(6000)
+    }
+    model = CollabModel.fit(histories, items)
+    lists = model.neighbour_lists(len(items)).to_csr().toarray()  # every pair: the sums as the lists hold them
+    bounds = model._cosine_bounds(np.arange(len(items))).toarray()
+    both = (model._matrix_t @ model.matrix).toarray()
+    exact = both / np.sqrt(np.outer(model.popularity, model.popularity).astype(np.float64))
+    assert both.max() > 2000
+    listed = lists > 0
+    assert (lists[listed] <= bounds[listed]).all()
+    assert (lists[listed] / exact[listed] - 1).max() > 1e-5  # sums drift up past a fixed 1e-5 slack
+
+
 def test_only_a_model_fitted_on_user_ids_updates() -> None:
     model = CollabModel.fit([hist("u1", "a", "b")], ["a", "b"])
     with pytest.raises(ValueError, match="without user ids"):

@@ -358,7 +358,7 @@ class CollabModel:
                 gained_or_lost |= old ^ new
             moved = np.array(sorted(gained_or_lost), dtype=np.int64)
             if len(moved):
-                before, after = self._cosine_rows(moved), model._cosine_rows(moved)
+                before, after = self._cosine_bounds(moved), model._cosine_bounds(moved)
             for m, lists in self._neighbours.items():
                 if len(moved):
                     rows = np.union1d(moved, changed_rows(before, after, lists.floor))
@@ -446,11 +446,15 @@ class CollabModel:
         right = (self.matrix.astype(np.float32) @ sparse.diags(inv)).tocsr()
         return left, right
 
-    def _cosine_rows(self, rows: np.ndarray) -> sparse.csr_matrix:
-        """The item-kNN cosines of ``rows`` to every item, in float64 (full rows, not lists)."""
+    def _cosine_bounds(self, rows: np.ndarray) -> sparse.csr_matrix:
+        """The item-kNN cosines of ``rows`` to every item (full rows, not lists), each
+        raised by a bound on the rounding of the float32 sum the lists hold: a sum of
+        ``c`` equal terms is within ``(c + 2) * 2**-24`` of exact, relatively (one rounding
+        per product and per addition, and the float32 scaling)."""
         both = (self._matrix_t[rows] @ self.matrix).tocsr().astype(np.float64)  # users with both
         inv = self._inv.astype(np.float64)
-        both.data *= np.repeat(inv[rows], np.diff(both.indptr)) * inv[both.indices]
+        slack = 1.0 + (both.data + 2.0) * 2.0**-23  # twice the bound
+        both.data *= np.repeat(inv[rows], np.diff(both.indptr)) * inv[both.indices] * slack
         return both
 
     def together(self, items: Sequence[str], item: str) -> tuple[np.ndarray, np.ndarray]:

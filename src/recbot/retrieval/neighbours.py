@@ -144,21 +144,18 @@ class NeighbourLists:
         return NeighbourLists(self.m, merged.to_csr(), new_floor)
 
 
-def changed_rows(
-    before: sparse.csr_matrix, after: sparse.csr_matrix, floor: np.ndarray, *, slack: float = 1e-5
-) -> np.ndarray:
-    """Rows whose list may change when the columns behind ``before``/``after`` changed.
+def changed_rows(before: sparse.csr_matrix, after: sparse.csr_matrix, floor: np.ndarray) -> np.ndarray:
+    """Rows whose list may change when the items behind ``before``/``after`` changed.
 
-    ``before`` and ``after`` are the changed items' full cosine rows (changed items x
-    items, float64) before and after the change. Every other pair's cosine is unchanged,
-    so another item's list can only change through a changed item: when its cosine to it
-    reaches the list's floor, before or after (it was in the list, or may enter it). The
-    comparison is loosened by ``slack`` so a last-bit difference between this float64
-    cosine and the list's float32 sum can only add a row to recompute, never miss one.
+    ``before`` and ``after`` bound the changed items' cosines to every item (changed
+    items x items) from above, before and after the change (``CollabModel.
+    _cosine_bounds``). Every other pair's cosine is unchanged, so another item's list can
+    only change through a changed item: when its cosine to it reaches the list's floor,
+    before or after (it was in the list, or may enter it). A bound can only add a row to
+    recompute, never miss one.
     """
     both = sparse.vstack([before, after], format="csr")
     if both.nnz == 0:
         return np.zeros(0, dtype=np.int64)
     cols = both.indices
-    hit = both.data >= floor[cols].astype(np.float64) * (1.0 - slack)
-    return np.unique(cols[hit])
+    return np.unique(cols[both.data >= floor[cols]])
