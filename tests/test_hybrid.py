@@ -188,7 +188,8 @@ def test_the_update_rules_cosine_bounds_hold_the_lists_float32_sums() -> None:
     }
     model = CollabModel.fit(histories, items)
     lists = model.neighbour_lists(len(items)).to_csr().toarray()  # every pair: the sums as the lists hold them
-    bounds = model._cosine_bounds(np.arange(len(items))).toarray()
+    every = np.arange(len(items))
+    bounds = model._cosine_bounds(every, model._with_both(every)).toarray()
     both = (model._matrix_t @ model.matrix).toarray()
     exact = both / np.sqrt(np.outer(model.popularity, model.popularity).astype(np.float64))
     assert both.max() > 2000

@@ -43,7 +43,7 @@ import numpy as np
 from scipy import linalg, sparse
 
 from recbot.config import Settings
-from recbot.retrieval.neighbours import NeighbourLists, changed_rows, replace_rows, top_m_rows
+from recbot.retrieval.neighbours import NeighbourLists, replace_rows, top_m_rows
 from recbot.retrieval.profile import interest_profile
 from recbot.types import Interaction
 
@@ -309,7 +309,7 @@ class CollabModel:
         an empty one removes the user), as ``fit`` would give on the new histories, bit for
         bit: rows stay in user order, and only what the changed users touch is recomputed
         (their rows, the items they gained or lost, the transitions from their items, the
-        neighbour lists those items can reach: ``neighbours.changed_rows``). EASE, when
+        neighbour-list rows those items can reach: ``NeighbourLists.updated``). EASE, when
         used, is refitted on first use."""
         if self.user_ids is None or self.sequences is None or self.transition_sums is None:
             raise ValueError("this model was fitted without user ids: fit it on a mapping of user -> history")
@@ -357,13 +357,17 @@ class CollabModel:
                 new = set(new_seq[fresh.index(u)].data - 1) if u in slot else set()
                 gained_or_lost |= old ^ new
             moved = np.array(sorted(gained_or_lost), dtype=np.int64)
-            if len(moved):
-                before, after = self._cosine_bounds(moved), model._cosine_bounds(moved)
+            if not len(moved):
+                model._neighbours.update(self._neighbours)
+                return model
+            was, now = self._with_both(moved), model._with_both(moved)
+            before, after = self._cosine_bounds(moved, was), model._cosine_bounds(moved, now)
             for m, lists in self._neighbours.items():
-                if len(moved):
-                    rows = np.union1d(moved, changed_rows(before, after, lists.floor))
-                    lists = lists.replaced(rows, *top_m_rows(*model._knn_factors(rows), m))
-                model._neighbours[m] = lists
+
+                def recompute(rows: np.ndarray, m: int = m) -> tuple[sparse.csr_matrix, np.ndarray]:
+                    return top_m_rows(*model._knn_factors(rows), m)
+
+                model._neighbours[m] = lists.updated(moved, before, after, now, model._inv, recompute)
         return model
 
     @property
@@ -446,16 +450,20 @@ class CollabModel:
         right = (self.matrix.astype(np.float32) @ sparse.diags(inv)).tocsr()
         return left, right
 
-    def _cosine_bounds(self, rows: np.ndarray) -> sparse.csr_matrix:
-        """The item-kNN cosines of ``rows`` to every item (full rows, not lists), each
-        raised by a bound on the rounding of the float32 sum the lists hold: a sum of
-        ``c`` equal terms is within ``(c + 2) * 2**-24`` of exact, relatively (one rounding
-        per product and per addition, and the float32 scaling)."""
-        both = (self._matrix_t[rows] @ self.matrix).tocsr().astype(np.float64)  # users with both
+    def _with_both(self, rows: np.ndarray) -> sparse.csr_matrix:
+        """For ``rows``, how many users hold both it and each item (float32 counts)."""
+        return (self._matrix_t[rows] @ self.matrix).tocsr()
+
+    def _cosine_bounds(self, rows: np.ndarray, both: sparse.csr_matrix) -> sparse.csr_matrix:
+        """The item-kNN cosines of ``rows`` to every item (full rows, not lists; ``both``:
+        ``_with_both(rows)``), each raised by a bound on the rounding of the float32 sum
+        the lists hold: a sum of ``c`` equal terms is within ``(c + 2) * 2**-24`` of exact,
+        relatively (one rounding per product and per addition, and the float32 scaling)."""
+        bound = both.astype(np.float64)
         inv = self._inv.astype(np.float64)
-        slack = 1.0 + (both.data + 2.0) * 2.0**-23  # twice the bound
-        both.data *= np.repeat(inv[rows], np.diff(both.indptr)) * inv[both.indices] * slack
-        return both
+        slack = 1.0 + (bound.data + 2.0) * 2.0**-23  # twice the bound
+        bound.data *= np.repeat(inv[rows], np.diff(bound.indptr)) * inv[bound.indices] * slack
+        return bound
 
     def together(self, items: Sequence[str], item: str) -> tuple[np.ndarray, np.ndarray]:
         """For each of ``items``: how many users have both it and ``item``, and the

@@ -12,13 +12,13 @@ its heap happens to, which depends on the order the sums were touched).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import sparse
 
-__all__ = ["NeighbourLists", "changed_rows", "replace_rows", "top_m_rows"]
+__all__ = ["NeighbourLists", "equal_term_sums", "replace_rows", "top_m_rows"]
 
 
 def _threads() -> int:
@@ -130,6 +130,73 @@ class NeighbourLists:
         )
         return replace_rows(self.base, rows, patch)
 
+    def updated(
+        self,
+        moved: np.ndarray,
+        before: sparse.csr_matrix,
+        after: sparse.csr_matrix,
+        counts: sparse.csr_matrix,
+        inv: np.ndarray,
+        recompute: Callable[[np.ndarray], tuple[sparse.csr_matrix, np.ndarray]],
+    ) -> NeighbourLists:
+        """These lists after the items ``moved`` gained or lost users: every other pair's
+        cosine stands, so another item's list can only change at a moved item's column.
+
+        ``before``/``after`` bound the moved items' cosines to every item from above
+        (``CollabModel._cosine_bounds``; moved items x items), ``counts`` are their
+        users-with-both after, ``inv`` the item-kNN scaling after. A row where a moved item
+        was listed and stays above the floor only takes that item's new value (the same
+        float32 sum a build gives: ``equal_term_sums``); a row where a moved item may cross
+        the floor, and each moved item's own row, is recomputed (``recompute``).
+        """
+        if not len(moved):
+            return self
+        pairs = []
+        for bounds in (before, after):
+            at, j = _entries(bounds)
+            hit = bounds.data >= self.floor[j]
+            pairs.append(at[hit] * self.shape[0] + j[hit])
+        key = np.unique(np.concatenate(pairs))
+        at, j = key // self.shape[0], key % self.shape[0]
+        outside = ~np.isin(j, moved)
+        at, j = at[outside], j[outside]
+        rows = np.unique(j)
+        old = _values_at(self.rows(rows), np.searchsorted(rows, j), moved[at])
+        both = _values_at_keys(counts, at * self.shape[0] + j).astype(np.int64)
+        listed = (old > 0) & (both > 0)
+        new = np.zeros(len(j), dtype=np.float32)
+        new[listed] = equal_term_sums(inv[j[listed]], inv[moved[at[listed]]], both[listed])
+        redo = np.union1d(moved, np.unique(j[~listed | (new <= self.floor[j])]))
+        keep = ~np.isin(j, redo)
+        return self._with_values(j[keep], moved[at[keep]], new[keep]).replaced(redo, *recompute(redo))
+
+    def _with_values(self, rows: np.ndarray, cols: np.ndarray, values: np.ndarray) -> NeighbourLists:
+        """These lists with the listed entries at (``rows``, ``cols``) set to ``values``;
+        the base's values are copied, its structure shared."""
+        if not len(rows):
+            return self
+        patched = dict(self.patched)
+        in_patch = (
+            np.array([int(r) in patched for r in rows.tolist()], dtype=bool) if patched else np.zeros(len(rows), bool)
+        )
+        for r, c, v in zip(rows[in_patch].tolist(), cols[in_patch].tolist(), values[in_patch].tolist(), strict=True):
+            indices, data = patched[r]
+            data = data.copy()
+            data[np.flatnonzero(indices == c)] = v
+            patched[r] = (indices, data)
+        rows, cols, values = rows[~in_patch], cols[~in_patch], values[~in_patch]
+        base = self.base
+        if len(rows):
+            starts, ends = base.indptr[rows], base.indptr[rows + 1]
+            lengths = ends - starts
+            position = np.repeat(starts - np.r_[0, np.cumsum(lengths)][:-1], lengths) + np.arange(lengths.sum())
+            where = np.repeat(np.arange(len(rows)), lengths)
+            position = position[base.indices[position] == cols[where]]  # each pair's one entry
+            data = base.data.copy()
+            data[position] = values
+            base = sparse.csr_matrix((data, base.indices, base.indptr), shape=base.shape)
+        return NeighbourLists(self.m, base, self.floor, patched)
+
     def replaced(self, rows: np.ndarray, lists: sparse.csr_matrix, floor: np.ndarray) -> NeighbourLists:
         """These lists with ``rows`` replaced by ``lists``' rows (and their floors)."""
         new_floor = self.floor.copy()
@@ -144,18 +211,49 @@ class NeighbourLists:
         return NeighbourLists(self.m, merged.to_csr(), new_floor)
 
 
-def changed_rows(before: sparse.csr_matrix, after: sparse.csr_matrix, floor: np.ndarray) -> np.ndarray:
-    """Rows whose list may change when the items behind ``before``/``after`` changed.
+def _values_at(m: sparse.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """``m``'s values at the (row, column) pairs, zeros where nothing is stored."""
+    if not len(rows):
+        return np.zeros(0, dtype=m.dtype)
+    return np.asarray(m[rows, cols]).ravel()
 
-    ``before`` and ``after`` bound the changed items' cosines to every item (changed
-    items x items) from above, before and after the change (``CollabModel.
-    _cosine_bounds``). Every other pair's cosine is unchanged, so another item's list can
-    only change through a changed item: when its cosine to it reaches the list's floor,
-    before or after (it was in the list, or may enter it). A bound can only add a row to
-    recompute, never miss one.
-    """
-    both = sparse.vstack([before, after], format="csr")
-    if both.nnz == 0:
-        return np.zeros(0, dtype=np.int64)
-    cols = both.indices
-    return np.unique(cols[both.data >= floor[cols]])
+
+def _values_at_keys(m: sparse.csr_matrix, keys: np.ndarray) -> np.ndarray:
+    """``m``'s values at the entries keyed ``row * columns + column`` (zeros where none is
+    stored): a sort and a search, where scipy's element lookup scans long rows per key."""
+    rows, cols = _entries(m)
+    stored = rows.astype(np.int64) * m.shape[1] + cols
+    order = np.argsort(stored)
+    at = np.minimum(np.searchsorted(stored, keys, sorter=order), len(stored) - 1) if len(stored) else None
+    out = np.zeros(len(keys), dtype=m.dtype)
+    if at is not None:
+        found = stored[order[at]] == keys
+        out[found] = m.data[order[at[found]]]
+    return out
+
+
+def _entries(m: sparse.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+    """Each stored entry's row and column."""
+    return np.repeat(np.arange(m.shape[0]), np.diff(m.indptr)), m.indices
+
+
+def equal_term_sums(a: np.ndarray, b: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """For each pair, the float32 sum of ``counts`` terms ``a * b``, computed by the same
+    ``sparse_dot_topn`` product the lists are built with, on a problem holding only these
+    sums (pair p: ``counts[p]`` entries of ``a[p]`` in row p, met by as many of ``b[p]``
+    in column p). The lists' values are such sums; computed the same way, they come out
+    the same, bit for bit, which a float64 formula would not promise."""
+    from sparse_dot_topn import sp_matmul_topn
+
+    n = len(counts)
+    offsets = np.r_[0, np.cumsum(counts)]
+    terms = int(offsets[-1])
+    left = sparse.csr_matrix((np.repeat(a, counts).astype(np.float32), np.arange(terms), offsets), shape=(n, terms))
+    right = sparse.csr_matrix(
+        (np.repeat(b, counts).astype(np.float32), np.repeat(np.arange(n), counts), np.arange(terms + 1)),
+        shape=(terms, n),
+    )
+    sums = sp_matmul_topn(left, right, top_n=1, threshold=0.0, n_threads=_threads()).tocsr()
+    out = np.zeros(n, dtype=np.float32)
+    out[np.repeat(np.arange(n), np.diff(sums.indptr))] = sums.data
+    return out
