@@ -444,10 +444,12 @@ class CollabModel:
     def _knn_factors(self, rows: np.ndarray | None = None) -> tuple[sparse.csr_matrix, sparse.csr_matrix]:
         """Item-kNN's cosine as a product: (items x users, rows scaled) @ (users x items,
         columns scaled); the left factor for ``rows`` only when given."""
-        inv = self._inv
+        inv = self._inv  # X is binary: a scaled entry is the scale itself
         left_t = self._matrix_t if rows is None else self._matrix_t[rows]
-        left = (sparse.diags(inv if rows is None else inv[rows]) @ left_t).tocsr()
-        right = (self.matrix.astype(np.float32) @ sparse.diags(inv)).tocsr()
+        scale = np.repeat(inv if rows is None else inv[rows], np.diff(left_t.indptr))
+        left = sparse.csr_matrix((scale, left_t.indices, left_t.indptr), shape=left_t.shape)
+        x = self.matrix
+        right = sparse.csr_matrix((inv[x.indices], x.indices, x.indptr), shape=x.shape)
         return left, right
 
     def _with_both(self, rows: np.ndarray) -> sparse.csr_matrix:
