@@ -44,13 +44,9 @@ def top_m_rows(left: sparse.csr_matrix, right: sparse.csr_matrix, m: int) -> tup
     over = np.flatnonzero(lengths > m)
     floor = np.zeros(left.shape[0], dtype=np.float32)
     floor[over] = top.data[top.indptr[over] + m]  # values come largest first
-    row = np.repeat(np.arange(left.shape[0]), lengths)
-    keep = top.data > floor[row]
-    out = sparse.csr_matrix(
-        (top.data[keep], top.indices[keep], np.r_[0, np.cumsum(np.bincount(row[keep], minlength=left.shape[0]))]),
-        shape=top.shape,
-    )
-    return sparse.csr_matrix(out, dtype=np.float32), floor
+    keep = top.data > np.repeat(floor, lengths)
+    indptr = np.r_[0, np.cumsum(keep, dtype=top.indptr.dtype)][top.indptr]  # entries kept before each row
+    return sparse.csr_matrix((top.data[keep], top.indices[keep], indptr), shape=top.shape, dtype=np.float32), floor
 
 
 def replace_rows(m: sparse.csr_matrix, rows: np.ndarray, new: sparse.csr_matrix) -> sparse.csr_matrix:
