@@ -12,7 +12,7 @@ its heap happens to, which depends on the order the sums were touched).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -75,14 +75,15 @@ def _cut(top: sparse.csr_matrix, floor: np.ndarray, m: int) -> sparse.csr_matrix
 @dataclass(frozen=True)
 class NeighbourLists:
     """Every item's top-``m`` list (``top_m_rows``): a base matrix, the rows replaced
-    since (``patched``), and each row's floor (the value a cosine must exceed to be
-    listed). Updates share the base and copy only the patch; past ``items / 16`` patched
-    rows a new base is written."""
+    since (``patch``, whose rows are the items ``patched``, sorted), and each row's floor
+    (the value a cosine must exceed to be listed). Updates share the base's structure and
+    copy only what changes; past ``items / 16`` patched rows a new base is written."""
 
     m: int
     base: sparse.csr_matrix
     floor: np.ndarray
-    patched: Mapping[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # row -> (columns, values)
+    patched: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    patch: sparse.csr_matrix | None = None
 
     @classmethod
     def build(cls, left: sparse.csr_matrix, right: sparse.csr_matrix, m: int) -> NeighbourLists:
@@ -97,34 +98,16 @@ class NeighbourLists:
         """The lists of ``rows``, as a (len(rows), items) matrix."""
         rows = np.asarray(rows, dtype=np.int64)
         out = self.base[rows]
-        if not self.patched or not any(int(r) in self.patched for r in rows):
+        if self.patch is None:
             return out
-        cols, vals, lengths = [], [], []
-        for k, r in enumerate(rows):
-            got = self.patched.get(int(r))
-            if got is None:
-                start, end = out.indptr[k], out.indptr[k + 1]
-                got = (out.indices[start:end], out.data[start:end])
-            cols.append(got[0])
-            vals.append(got[1])
-            lengths.append(len(got[0]))
-        indptr = np.r_[0, np.cumsum(lengths)]
-        data = np.concatenate(vals) if vals else np.zeros(0, dtype=np.float32)
-        indices = np.concatenate(cols) if cols else np.zeros(0, dtype=np.int32)
-        return sparse.csr_matrix((data, indices, indptr), shape=(len(rows), self.shape[1]))
+        where = np.flatnonzero(np.isin(rows, self.patched))
+        if not len(where):
+            return out
+        return replace_rows(out, where, self.patch[np.searchsorted(self.patched, rows[where])])
 
     def to_csr(self) -> sparse.csr_matrix:
         """Every list, as one items x items matrix."""
-        if not self.patched:
-            return self.base
-        rows = np.array(sorted(self.patched), dtype=np.int64)
-        cols = [self.patched[int(r)][0] for r in rows]
-        vals = [self.patched[int(r)][1] for r in rows]
-        patch = sparse.csr_matrix(
-            (np.concatenate(vals), np.concatenate(cols), np.r_[0, np.cumsum([len(c) for c in cols])]),
-            shape=(len(rows), self.shape[1]),
-        )
-        return replace_rows(self.base, rows, patch)
+        return self.base if self.patch is None else replace_rows(self.base, self.patched, self.patch)
 
     def updated(
         self,
@@ -167,44 +150,46 @@ class NeighbourLists:
         return self._with_values(j[keep], moved[at[keep]], new[keep]).replaced(redo, *recompute(redo))
 
     def _with_values(self, rows: np.ndarray, cols: np.ndarray, values: np.ndarray) -> NeighbourLists:
-        """These lists with the listed entries at (``rows``, ``cols``) set to ``values``;
-        the base's values are copied, its structure shared."""
+        """These lists with the listed entries at (``rows``, ``cols``) set to ``values``."""
         if not len(rows):
             return self
-        patched = dict(self.patched)
-        in_patch = (
-            np.array([int(r) in patched for r in rows.tolist()], dtype=bool) if patched else np.zeros(len(rows), bool)
-        )
-        for r, c, v in zip(rows[in_patch].tolist(), cols[in_patch].tolist(), values[in_patch].tolist(), strict=True):
-            indices, data = patched[r]
-            data = data.copy()
-            data[np.flatnonzero(indices == c)] = v
-            patched[r] = (indices, data)
-        rows, cols, values = rows[~in_patch], cols[~in_patch], values[~in_patch]
-        base = self.base
-        if len(rows):
-            starts, ends = base.indptr[rows], base.indptr[rows + 1]
-            lengths = ends - starts
-            position = np.repeat(starts - np.r_[0, np.cumsum(lengths)][:-1], lengths) + np.arange(lengths.sum())
-            where = np.repeat(np.arange(len(rows)), lengths)
-            position = position[base.indices[position] == cols[where]]  # each pair's one entry
-            data = base.data.copy()
-            data[position] = values
-            base = sparse.csr_matrix((data, base.indices, base.indptr), shape=base.shape)
-        return NeighbourLists(self.m, base, self.floor, patched)
+        patch = self.patch
+        in_patch = np.isin(rows, self.patched)
+        if patch is not None and in_patch.any():
+            at = np.searchsorted(self.patched, rows[in_patch])
+            patch = _set_values(patch, at, cols[in_patch], values[in_patch])
+        base = _set_values(self.base, rows[~in_patch], cols[~in_patch], values[~in_patch])
+        return NeighbourLists(self.m, base, self.floor, self.patched, patch)
 
     def replaced(self, rows: np.ndarray, lists: sparse.csr_matrix, floor: np.ndarray) -> NeighbourLists:
         """These lists with ``rows`` replaced by ``lists``' rows (and their floors)."""
         new_floor = self.floor.copy()
         new_floor[rows] = floor
-        patched = dict(self.patched)
-        for k, r in enumerate(rows.tolist()):
-            start, end = lists.indptr[k], lists.indptr[k + 1]
-            patched[r] = (lists.indices[start:end], lists.data[start:end])
-        merged = NeighbourLists(self.m, self.base, new_floor, patched)
+        if self.patch is None:
+            patched, patch = rows, lists
+        else:
+            kept = ~np.isin(self.patched, rows)
+            ids = np.concatenate([self.patched[kept], rows])
+            order = np.argsort(ids, kind="stable")
+            patched, patch = ids[order], sparse.vstack([self.patch[np.flatnonzero(kept)], lists], format="csr")[order]
+        merged = NeighbourLists(self.m, self.base, new_floor, patched, sparse.csr_matrix(patch))
         if len(patched) <= self.shape[0] // 16:
             return merged
         return NeighbourLists(self.m, merged.to_csr(), new_floor)
+
+
+def _set_values(m: sparse.csr_matrix, rows: np.ndarray, cols: np.ndarray, values: np.ndarray) -> sparse.csr_matrix:
+    """``m`` with its stored entries at (``rows``, ``cols``) set to ``values``: the values
+    copied, the structure shared."""
+    if not len(rows):
+        return m
+    starts = m.indptr[rows]
+    lengths = m.indptr[rows + 1] - starts
+    position = np.repeat(starts - np.r_[0, np.cumsum(lengths)][:-1], lengths) + np.arange(lengths.sum())
+    position = position[m.indices[position] == np.repeat(cols, lengths)]  # each pair's one entry
+    data = m.data.copy()
+    data[position] = values
+    return sparse.csr_matrix((data, m.indices, m.indptr), shape=m.shape)
 
 
 def _values_at(m: sparse.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
