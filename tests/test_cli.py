@@ -344,3 +344,14 @@ def test_a_card_without_held_out_examples_is_strict_json_with_null(tmp_path: Pat
     assert main(["--data-dir", data, "forget", "--user", "spacefan"]) == 0
     card = _strict_json((generator / "card.json").read_text())
     assert card["held_out_perplexity"] is None and card["forgotten_users"] == ["spacefan"]
+
+
+def test_ingest_takes_encoder_workers_into_the_embedder_it_makes() -> None:
+    from recbot.cli import _settings, build_parser
+    from recbot.recommender import make_embedder
+
+    settings = _settings(build_parser().parse_args(["ingest", "catalog.jsonl", "--encoder-workers", "2"]))
+    assert settings.encoder_workers == 2
+    assert make_embedder(settings).worker_devices() == ["cpu", "cpu"]
+    default = _settings(build_parser().parse_args(["ingest", "catalog.jsonl"]))
+    assert make_embedder(default).worker_devices() == ["cpu"]  # in-process on a CPU-only machine

@@ -1,10 +1,11 @@
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from recbot.errors import ModelNotFoundError
-from recbot.retrieval.embedder import BertEmbedder, LazyEmbedder, default_encoder_path
+from recbot.retrieval.embedder import BertEmbedder, EncoderPool, LazyEmbedder, default_encoder_path
 
 
 def test_tiny_bert_embeds_unit_rows_in_input_order(tiny_bert: Path) -> None:
@@ -89,3 +90,129 @@ def test_a_configured_onnx_backend_without_its_extra_falls_back_to_torch(tiny_be
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     lazy = LazyEmbedder(str(tiny_bert), backend="onnx", onnx_dir=tmp_path)
     np.testing.assert_allclose(lazy.encode(["bread"]), expected, atol=1e-6)
+
+
+# -- encoder workers (bulk encoding in processes; the GPU plans are checked as plans only) --
+
+
+@pytest.mark.parametrize(
+    ("device", "workers", "gpus", "expected"),
+    [
+        ("cpu", 1, 0, ["cpu"]),  # today's path: in-process
+        ("cpu", 0, 4, ["cpu"]),  # auto on the CPU: in-process (2 workers gained 1-13% on 2 cores)
+        ("cpu", 2, 0, ["cpu", "cpu"]),
+        ("auto", 0, 0, ["cpu"]),
+        ("auto", 0, 2, ["cuda:0", "cuda:1"]),  # one worker per GPU
+        ("cuda", 0, 1, ["cuda"]),  # one GPU: in-process on it
+        ("cuda", 0, 4, ["cuda:0", "cuda:1", "cuda:2", "cuda:3"]),
+        ("cuda", 1, 4, ["cuda"]),  # asked for one: in-process
+        ("cuda", 3, 2, ["cuda:0", "cuda:1", "cuda:0"]),  # more workers than GPUs: round robin
+        ("cuda:1", 0, 2, ["cuda:1"]),  # a named GPU stays the one device
+        ("cuda:1", 2, 2, ["cuda:1", "cuda:1"]),
+    ],
+)
+def test_plan_workers(device: str, workers: int, gpus: int, expected: list[str]) -> None:
+    from recbot.retrieval.embedder import plan_workers
+
+    assert plan_workers(device, workers, gpus=gpus) == expected
+
+
+def test_worker_plans_that_cannot_work_are_clear_errors(tmp_path: Path) -> None:
+    from recbot import Settings
+    from recbot.errors import ConfigError
+    from recbot.retrieval.embedder import plan_workers
+
+    with pytest.raises(ConfigError, match="device is 'cuda' but torch sees no CUDA GPU"):
+        plan_workers("cuda", 0, gpus=0)
+    with pytest.raises(ConfigError, match=r"encoder_workers must be 0 \(auto\) or more, got -1"):
+        LazyEmbedder(workers=-1)
+    with pytest.raises(ConfigError, match=r"encoder_workers must be 0 \(auto\) or more, got -2"):
+        Settings.create(data_dir=tmp_path, encoder_workers=-2)
+
+
+def test_lazy_embedder_plans_one_worker_per_visible_gpu(monkeypatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert LazyEmbedder(workers=0, device="auto").worker_devices() == ["cuda:0", "cuda:1"]
+    assert LazyEmbedder(workers=0, device="cpu").worker_devices() == ["cpu"]
+
+
+def test_a_small_bulk_job_stays_in_process(tiny_bert: Path) -> None:
+    """Starting workers costs seconds: a job with under two chunks per worker does not."""
+    import multiprocessing
+
+    from recbot.retrieval.embedder import BulkEncoder
+
+    embedder = LazyEmbedder(str(tiny_bert), workers=2)
+    before = set(multiprocessing.active_children())
+    with BulkEncoder(embedder) as bulk:
+        (vectors,) = bulk.map([["stars", "bread"]])
+    assert vectors.shape == (2, 32) and embedder.loaded and set(multiprocessing.active_children()) <= before
+
+
+@pytest.fixture(scope="module")
+def worker_pool(tiny_bert: Path) -> Iterator[EncoderPool]:
+    from recbot.retrieval.embedder import EncoderPool
+
+    with EncoderPool(str(tiny_bert), devices=["cpu", "cpu"], batch_size=2) as pool:
+        yield pool
+
+
+def test_workers_give_the_in_process_vectors_in_order(worker_pool: EncoderPool, tiny_bert: Path) -> None:
+    """Each chunk is batched in the worker exactly as in-process; only the threads differ
+    (one per worker here), which may reorder float sums: a few float32 ulps at most."""
+    import os
+
+    words = ["space", "robots", "bread", "cake", "oven", "stars", "mountain", "tent", "film", "galaxy"]
+    texts = [" ".join(words[(n * k) % 10] for k in range(1 + n % 7)) for n in range(40)]
+    chunks = [texts[i : i + 3] for i in range(0, len(texts), 3)]  # 14 chunks, the last one short
+    in_process = BertEmbedder(str(tiny_bert), batch_size=2)
+    expected = [in_process.encode(chunk) for chunk in chunks]
+    got = list(worker_pool.map(chunks, ahead=3))
+    assert [g.shape for g in got] == [e.shape for e in expected]
+    np.testing.assert_allclose(np.vstack(got), np.vstack(expected), rtol=0, atol=1e-6)
+    assert len({w.pid for w in worker_pool.workers}) == 2 and os.getpid() not in worker_pool.pids
+    assert {(w.device, w.threads) for w in worker_pool.workers} == {("cpu", max(1, len(os.sched_getaffinity(0)) // 2))}
+
+
+def test_a_chunk_that_fails_in_a_worker_is_an_error_and_the_pool_goes_on(worker_pool: EncoderPool) -> None:
+    from recbot.errors import EncoderError
+
+    with pytest.raises(EncoderError, match=r"encoder worker \d \(cpu\) failed: \w+Error"):
+        list(worker_pool.map([["stars"], [None]]))  # None: the tokenizer raises in the worker
+    (vectors,) = worker_pool.map([["stars"]])
+    assert vectors.shape == (1, 32)
+
+
+def test_a_worker_that_dies_is_an_error_not_a_hang(tiny_bert: Path) -> None:
+    import multiprocessing
+    import os
+    import signal
+    from concurrent.futures import ThreadPoolExecutor
+
+    from recbot.errors import EncoderError
+    from recbot.retrieval.embedder import EncoderPool
+
+    pool = EncoderPool(str(tiny_bert), devices=["cpu"])  # one worker shows it: each costs seconds to start
+    runner = ThreadPoolExecutor(1)  # a hang fails the test instead of stalling the suite
+    try:
+        os.kill(pool.pids[0], signal.SIGKILL)
+        work = runner.submit(lambda: list(pool.map([["stars"], ["bread"], ["cake"]])))
+        with pytest.raises(EncoderError, match=r"encoder worker 0 \(cpu\) died \(killed, out of memory or crashed\)"):
+            work.result(timeout=60)
+    finally:
+        runner.shutdown(wait=False)
+        pool.close()
+    assert not set(pool.pids) & {child.pid for child in multiprocessing.active_children()}
+
+
+def test_a_worker_that_cannot_load_the_model_says_why(tmp_path: Path) -> None:
+    import multiprocessing
+
+    from recbot.retrieval.embedder import EncoderPool
+
+    before = set(multiprocessing.active_children())
+    with pytest.raises(ModelNotFoundError, match="cannot load"):
+        EncoderPool(str(tmp_path / "no-model"), devices=["cpu"])
+    assert set(multiprocessing.active_children()) <= before

@@ -108,3 +108,34 @@ def test_an_ingest_killed_midway_resumes_without_embedding_twice(tmp_path: Path,
     (collection,) = client.list_collections()
     in_chroma = set(collection.get(include=[])["ids"])
     assert in_sqlite == in_chroma == {i["id"] for i in items}
+
+
+def test_ingest_with_encoder_workers_stores_the_in_process_vectors(
+    make_recommender, toy_files, tmp_path: Path, tiny_bert: Path, monkeypatch
+) -> None:
+    """Items and reviews encode in two worker processes (chunks of 2 here, so that the toy
+    catalog is big enough to start them) and are written in order; the workers stop when
+    the ingest returns, and the main process never loads the model."""
+    import multiprocessing
+
+    import numpy as np
+
+    import recbot.ingest
+    from recbot.retrieval.embedder import LazyEmbedder
+
+    monkeypatch.setattr(recbot.ingest, "_CHUNK", 2)
+    ids = [row["id"] for row in TOY_ITEMS]
+    stored = {}
+    for workers in (1, 2):
+        embedder = LazyEmbedder(str(tiny_bert), workers=workers)
+        rec = make_recommender(data_dir=tmp_path / f"workers-{workers}", embedder=embedder)
+        before = set(multiprocessing.active_children())
+        report = rec.ingest(toy_files[0], interactions=toy_files[1])
+        assert (report.added, report.reviews_embedded) == (10, 2)
+        assert set(multiprocessing.active_children()) <= before
+        assert embedder.loaded == (workers == 1)
+        vectors = rec.store.get_vectors(ids)
+        reviews = {user: rec.storage.review_vectors(user) for user in ("spacefan", "baker")}
+        stored[workers] = [vectors[i] for i in ids] + [v for r in reviews.values() for _, (_, v) in sorted(r.items())]
+    # same batches as in-process, one thread per worker instead of two: float32 sums may differ by ulps
+    np.testing.assert_allclose(np.vstack(stored[2]), np.vstack(stored[1]), rtol=0, atol=1e-6)

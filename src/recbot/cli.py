@@ -70,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="Amazon: build item text without each user's last review (held out for evaluation)",
     )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument(
+        "--encoder-workers",
+        type=int,
+        help="processes that encode (each loads the encoder): 0, the default, one per GPU on CUDA, else in-process",
+    )
 
     p = command("recommend", "recommend items to a user")
     p.add_argument("--user", required=True, help="user id (unknown: cold start)")
@@ -200,6 +205,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         "chroma_host": args.chroma_host,
         "chroma_port": args.chroma_port,
         "encoder": args.encoder,
+        "encoder_workers": getattr(args, "encoder_workers", None),
     }
     if args.config:
         return Settings.from_toml(args.config, **{k: v for k, v in values.items() if v is not None})

@@ -9,11 +9,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from recbot.catalog import Format, ReadResult, RowError, read_catalog, read_interactions
 from recbot.errors import CatalogError
-from recbot.retrieval.embedder import Embedder
+from recbot.retrieval.embedder import BulkEncoder, Embedder
 from recbot.retrieval.store import VectorStore
 from recbot.storage import Storage, item_hash, text_hash
 from recbot.types import Interaction, Item
@@ -125,10 +126,12 @@ def ingest_result(
         logger.warning("encoder changed from %s to %s: re-embedding everything", previous_encoder, encoder_id)
         store.delete(store.ids())
         storage.delete_items(list(storage.item_hashes()))
-    if catalog_given:
-        _sync_items(result.items, storage, store, embedder, report)
-    report.interactions = storage.upsert_interactions(valid)
-    report.reviews_embedded = _embed_reviews(valid, storage, embedder)
+    # encoder workers, where the embedder asks for them, serve items and reviews and stop here
+    with BulkEncoder(embedder) as bulk:
+        if catalog_given:
+            _sync_items(result.items, storage, store, bulk, report)
+        report.interactions = storage.upsert_interactions(valid)
+        report.reviews_embedded = _embed_reviews(valid, storage, bulk)
     storage.set_meta("encoder", encoder_id)
     if report.added or report.updated or report.removed or report.interactions:
         storage.set_meta("version", uuid.uuid4().hex)  # tells running processes to reload
@@ -136,19 +139,19 @@ def ingest_result(
 
 
 def _sync_items(
-    items: list[Item], storage: Storage, store: VectorStore, embedder: Embedder, report: IngestReport
+    items: list[Item], storage: Storage, store: VectorStore, bulk: BulkEncoder, report: IngestReport
 ) -> None:
     stored = storage.item_hashes()
     if store.count() != len(stored):  # Chroma and SQLite disagree (e.g. an interrupted run)
         in_chroma = set(store.ids())
         stored = {i: h for i, h in stored.items() if i in in_chroma}
-    hashes = {item.id: item_hash(item, embedder.model_id) for item in items}
+    hashes = {item.id: item_hash(item, bulk.embedder.model_id) for item in items}
     changed = [item for item in items if stored.get(item.id) != hashes[item.id]]
     report.added = sum(1 for item in changed if item.id not in stored)
     report.updated = len(changed) - report.added
     report.unchanged = len(items) - len(changed)
     if changed:
-        _embed_and_upsert(changed, hashes, store, embedder, storage)
+        _embed_and_upsert(changed, hashes, store, bulk, storage)
     gone = sorted(set(storage.item_hashes()) - set(hashes))
     if gone:
         store.delete(gone)
@@ -157,10 +160,12 @@ def _sync_items(
 
 
 def _embed_and_upsert(
-    items: list[Item], hashes: dict[str, str], store: VectorStore, embedder: Embedder, storage: Storage
+    items: list[Item], hashes: dict[str, str], store: VectorStore, bulk: BulkEncoder, storage: Storage
 ) -> None:
     """Encode in chunks and upsert each chunk on a background thread while the next one
-    encodes: the Chroma write then costs (almost) no wall time beside the encoder.
+    encodes: the Chroma write then costs (almost) no wall time beside the encoder. With
+    encoder workers, the next chunks encode in them meanwhile (``BulkEncoder``); the
+    chunks still come back, and are written, in order.
 
     Resumable: a chunk is recorded in SQLite as soon as Chroma has it, so an ingest that
     is killed loses at most the chunks in flight. SQLite never names an item Chroma lacks;
@@ -180,9 +185,9 @@ def _embed_and_upsert(
             future.result()  # surface a failed write now
             storage.upsert_items((item, hashes[item.id]) for item in chunk)
 
-        for start in range(0, len(items), _CHUNK):
-            chunk = items[start : start + _CHUNK]
-            vectors = embedder.encode([item.text for item in chunk], show_progress=False)
+        chunks = [items[start : start + _CHUNK] for start in range(0, len(items), _CHUNK)]
+        encoded = bulk.map([[item.text for item in chunk] for chunk in chunks])
+        for chunk, vectors in zip(chunks, encoded, strict=True):
             if pending is not None:
                 record(pending)  # keep one write in flight
             future = pool.submit(
@@ -204,16 +209,23 @@ def _metadata(item: Item, content_hash: str) -> dict[str, object]:
     }
 
 
-def _embed_reviews(interactions: list[Interaction], storage: Storage, embedder: Embedder) -> int:
+def _embed_reviews(interactions: list[Interaction], storage: Storage, bulk: BulkEncoder) -> int:
     have = storage.review_hashes()
     todo = []
     for it in interactions:
         if it.review:
-            h = text_hash(it.review, embedder.model_id)
+            h = text_hash(it.review, bulk.embedder.model_id)
             if have.get((it.user_id, it.item_id)) != h:
                 todo.append((it.user_id, it.item_id, h, it.review))
     if todo:
         logger.info("embedding %d reviews", len(todo))
-        vectors = embedder.encode([t[3] for t in todo])
+        texts = [t[3] for t in todo]
+        show = logger.getEffectiveLevel() <= logging.INFO and len(texts) > _CHUNK
+        parts = []
+        with tqdm(total=len(texts), desc="Embedding reviews", unit="review", disable=not show) as bar:
+            for part in bulk.map([texts[i : i + _CHUNK] for i in range(0, len(texts), _CHUNK)]):
+                parts.append(part)
+                bar.update(len(part))
+        vectors = np.vstack(parts)
         storage.put_review_vectors((u, i, h, v) for (u, i, h, _), v in zip(todo, vectors, strict=True))
     return len(todo)

@@ -914,4 +914,5 @@ def make_embedder(settings: Settings) -> LazyEmbedder:
         max_length=settings.encoder_max_length,
         backend=settings.encoder_backend,
         onnx_dir=Path(settings.data_dir) / "encoder-onnx",
+        workers=settings.encoder_workers,
     )

@@ -6,19 +6,35 @@ import importlib.util
 import logging
 import os
 import threading
+import time
 import warnings
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from recbot.errors import ConfigError, MissingExtraError, ModelNotFoundError
+from recbot.errors import ConfigError, EncoderError, MissingExtraError, ModelNotFoundError, RecbotError
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future, ProcessPoolExecutor
+
     import torch
 
-__all__ = ["BUNDLED_ENCODER_ID", "BertEmbedder", "Embedder", "LazyEmbedder", "default_encoder_path", "load_pretrained"]
+__all__ = [
+    "BUNDLED_ENCODER_ID",
+    "BertEmbedder",
+    "BulkEncoder",
+    "Embedder",
+    "EncoderPool",
+    "LazyEmbedder",
+    "WorkerInfo",
+    "default_encoder_path",
+    "load_pretrained",
+    "plan_workers",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -75,9 +91,12 @@ class BertEmbedder:
 
     Args:
         model: hub id or local directory; None for the bundled all-MiniLM-L6-v2.
-        device: torch device string.
+        device: torch device string; "auto": "cuda" when torch sees a GPU, else "cpu".
         batch_size: texts per forward pass.
         max_length: tokens per text; longer text is truncated.
+        backend: "torch", or "onnx" (the same graph on ONNX Runtime, exported once into ``onnx_dir``).
+        threads: intra-op threads, set for torch (process-wide) and ONNX Runtime; None keeps the
+            libraries' defaults. Encoder workers set it to their share of the cores.
 
     Example:
         >>> emb = BertEmbedder()
@@ -94,10 +113,15 @@ class BertEmbedder:
         max_length: int = 256,
         backend: str = "torch",
         onnx_dir: str | Path | None = None,
+        threads: int | None = None,
     ) -> None:
         import torch  # heavy: imported here, not at module load
         from transformers import AutoModel, AutoTokenizer
 
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if threads is not None:
+            torch.set_num_threads(threads)
         path = str(model) if model is not None else str(default_encoder_path())
         self._model_id = BUNDLED_ENCODER_ID if model is None else str(model)
         self.tokenizer = load_pretrained(AutoTokenizer, path)
@@ -109,7 +133,7 @@ class BertEmbedder:
         self._dim = int(self.model.config.hidden_size)
         self._session: Any = None
         if backend == "onnx":
-            self._session = _onnx_session(self.model, self.tokenizer, self._model_id, onnx_dir)
+            self._session = _onnx_session(self.model, self.tokenizer, self._model_id, onnx_dir, threads)
         elif backend != "torch":
             raise ConfigError(f"encoder_backend must be 'torch' or 'onnx', got {backend!r}")
 
@@ -156,7 +180,9 @@ class BertEmbedder:
         return out
 
 
-def _onnx_session(model: Any, tokenizer: Any, model_id: str, onnx_dir: str | Path | None) -> Any:
+def _onnx_session(
+    model: Any, tokenizer: Any, model_id: str, onnx_dir: str | Path | None, threads: int | None = None
+) -> Any:
     """An ONNX Runtime session for ``model``'s last hidden state, exported once into
     ``onnx_dir`` (a file per model, named by a fingerprint of its id and weights) and
     reused after.
@@ -192,7 +218,7 @@ def _onnx_session(model: Any, tokenizer: Any, model_id: str, onnx_dir: str | Pat
                 return self.model(**dict(zip(names, inputs, strict=True))).last_hidden_state
 
         axes = {n: {0: "batch", 1: "tokens"} for n in [*names, "last_hidden_state"]}
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")  # encoder workers may export at the same time
         # the TorchScript exporter: the torch.export one needs onnxscript too, for the same graph
         with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
             # the exporter's notes about itself, tracing and opset lowering; what matters, that the
@@ -211,6 +237,8 @@ def _onnx_session(model: Any, tokenizer: Any, model_id: str, onnx_dir: str | Pat
         tmp.replace(path)  # whole or not at all: a killed export leaves no half file behind
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3
+    if threads is not None:
+        options.intra_op_num_threads = threads
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
@@ -227,15 +255,41 @@ BUNDLED_ENCODER_ID = "minilm-l6-v2-bundled"
 # transformers' lazy module is not safe to import from two threads at once (seen under
 # load: "cannot import name 'AutoModel'"), so every lazy model load takes this lock.
 MODEL_LOAD_LOCK = threading.RLock()
+# Encoder workers start only when each gets at least this many chunks: starting them costs
+# an interpreter, torch, transformers and the model each (two at once on 2 cores: 4.5-5.6 s,
+# against 2-4 s to load in-process). Measured on CPU only; on GPUs a worker's startup is
+# worth more chunks.
+MIN_CHUNKS_PER_WORKER = 2
+
+
+def _load_embedder(model: str | Path | None, kwargs: dict[str, Any]) -> BertEmbedder:
+    try:
+        return BertEmbedder(model, **kwargs)
+    except MissingExtraError as exc:  # the ONNX backend is a speed-up: torch gives the same vectors
+        if kwargs.get("backend") != "onnx":
+            raise
+        logger.warning("%s; encoding with torch instead", exc)
+        return BertEmbedder(model, **{**kwargs, "backend": "torch"})
 
 
 class LazyEmbedder:
     """An Embedder that loads its model on first use, so paths that need no encoding
-    (an unchanged re-ingest, a recommend without a free-text ask) never pay for it."""
+    (an unchanged re-ingest, a recommend without a free-text ask) never pay for it.
 
-    def __init__(self, model: str | None = None, **kwargs: object) -> None:
+    Args:
+        model: as ``BertEmbedder``'s.
+        workers: encoder processes for bulk encoding (``BulkEncoder``, used by ingest); 1:
+            in-process; 0: one per GPU when encoding on CUDA, else in-process (``plan_workers``).
+            ``encode`` itself (a free-text ask) always runs in-process.
+        **kwargs: the rest of ``BertEmbedder``'s arguments.
+    """
+
+    def __init__(self, model: str | None = None, *, workers: int = 1, **kwargs: object) -> None:
+        if workers < 0:
+            raise ConfigError(f"encoder_workers must be 0 (auto) or more, got {workers}")
         self._model = model
-        self._kwargs = kwargs
+        self._workers = workers
+        self._kwargs: dict[str, Any] = dict(kwargs)
         self._loaded: BertEmbedder | None = None
 
     @property
@@ -250,14 +304,7 @@ class LazyEmbedder:
         with MODEL_LOAD_LOCK:
             if self._loaded is None:
                 logger.info("loading encoder %s", self.model_id)
-                try:
-                    self._loaded = BertEmbedder(self._model, **self._kwargs)  # type: ignore[arg-type]
-                except MissingExtraError as exc:  # the ONNX backend is a speed-up: torch gives the same vectors
-                    if self._kwargs.get("backend") != "onnx":
-                        raise
-                    logger.warning("%s; encoding with torch instead", exc)
-                    kwargs = {**self._kwargs, "backend": "torch"}
-                    self._loaded = BertEmbedder(self._model, **kwargs)  # type: ignore[arg-type]
+                self._loaded = _load_embedder(self._model, self._kwargs)
             return self._loaded
 
     @property
@@ -266,3 +313,282 @@ class LazyEmbedder:
 
     def encode(self, texts: Sequence[str], *, show_progress: bool | None = None) -> np.ndarray:
         return self._get().encode(texts, show_progress=show_progress)
+
+    def worker_devices(self) -> list[str]:
+        """The device of each encoder process of a bulk encode (one: in-process)."""
+        device = str(self._kwargs.get("device", "cpu"))
+        return plan_workers(device, self._workers, gpus=_visible_gpus(device))
+
+    def start_pool(self, devices: Sequence[str]) -> EncoderPool:
+        """Encoder workers on ``devices``, each loading this encoder (same backend) once."""
+        logger.info("starting %d encoder workers (%s)", len(devices), ", ".join(devices))
+        kwargs = {k: v for k, v in self._kwargs.items() if k != "device"}
+        return EncoderPool(self._model, devices=devices, **kwargs)
+
+
+def plan_workers(device: str, workers: int, *, gpus: int) -> list[str]:
+    """Where each encoder process of a bulk encode runs; a single entry means in-process.
+
+    Args:
+        device: the encoder's device: "cpu", "cuda", "cuda:N", "auto" ("cuda" when ``gpus``).
+        workers: processes asked for; 0: one per GPU on plain "cuda", else 1.
+        gpus: CUDA devices torch sees.
+
+    Raises:
+        ConfigError: "cuda" asked for where torch sees no GPU.
+
+    Example:
+        >>> plan_workers("auto", 0, gpus=2)
+        ['cuda:0', 'cuda:1']
+        >>> plan_workers("cpu", 2, gpus=0)
+        ['cpu', 'cpu']
+    """
+    if device == "auto":
+        device = "cuda" if gpus else "cpu"
+    if device.startswith("cuda") and not gpus:
+        raise ConfigError(f"device is {device!r} but torch sees no CUDA GPU; set device to 'cpu' or 'auto'")
+    if device == "cuda":  # no index: spread the workers over every GPU, one each by default
+        count = workers or gpus
+        return [f"cuda:{i % gpus}" for i in range(count)] if count > 1 else ["cuda"]
+    return [device] * (workers or 1)
+
+
+def _visible_gpus(device: str) -> int:
+    if device != "auto" and not device.startswith("cuda"):
+        return 0  # and torch stays unimported on a CPU-only plan
+    import torch
+
+    return int(torch.cuda.device_count())
+
+
+def _cores() -> int:
+    if hasattr(os, "sched_getaffinity"):  # the cores this process may use (a container's share)
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """An encoder worker, as it reported itself once its encoder had loaded."""
+
+    pid: int
+    device: str  # where its model sits, e.g. "cpu" or "cuda:1"
+    threads: int  # torch intra-op threads
+
+
+class EncoderPool:
+    """Encoder worker processes: each loads the encoder once and encodes whole chunks;
+    ``map`` gives the chunks' vectors back in input order, the same vectors as in-process.
+
+    Workers are spawned (not forked: a forked child inherits torch's thread pools and CUDA
+    in a state it cannot use), ignore Ctrl-C (the parent stops them) and exit when the
+    parent dies, so a killed ingest leaves no worker behind. Spawning re-imports the main
+    module: a script that starts workers needs the ``if __name__ == "__main__":`` guard.
+
+    Args:
+        model: as ``BertEmbedder``'s.
+        devices: one worker per entry, e.g. ``["cuda:0", "cuda:1"]`` or ``["cpu", "cpu"]``.
+        threads: intra-op threads of each worker; None: this machine's cores // workers.
+        **kwargs: the rest of ``BertEmbedder``'s arguments (batch_size, backend, ...).
+
+    Raises:
+        EncoderError: a worker died, or failed on a chunk.
+        ModelNotFoundError: a worker could not load the model (any ``RecbotError`` a worker
+            raises comes back as it is).
+
+    Example:
+        >>> with EncoderPool(None, devices=["cpu", "cpu"]) as pool:
+        ...     [v.shape for v in pool.map([["a film"], ["a book", "a game"]])]
+        [(1, 384), (2, 384)]
+    """
+
+    def __init__(
+        self, model: str | Path | None, *, devices: Sequence[str], threads: int | None = None, **kwargs: Any
+    ) -> None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        if not devices:
+            raise ConfigError("an encoder pool needs at least one device")
+        self.devices = list(devices)
+        threads = threads or max(1, _cores() // len(self.devices))
+        context = multiprocessing.get_context("spawn")
+        # one single-process executor per worker: each knows its device, and work goes to
+        # the least busy one
+        self._executors: list[ProcessPoolExecutor] = []
+        self._inflight: list[deque[Future[Any]]] = []
+        try:
+            for device in self.devices:
+                kw = {**kwargs, "device": device, "threads": threads}
+                self._executors.append(
+                    ProcessPoolExecutor(
+                        1, mp_context=context, initializer=_worker_start, initargs=(model, kw, os.getpid())
+                    )
+                )
+                self._inflight.append(deque())
+            # every worker loads now, all at once: a load error surfaces here, before any chunk
+            ready = [executor.submit(_worker_ready) for executor in self._executors]
+            self.workers: list[WorkerInfo] = [self._result(future, n) for n, future in enumerate(ready)]
+        except BaseException:
+            self.close()
+            raise
+        logger.debug("encoder workers ready: %s", self.workers)
+
+    @property
+    def pids(self) -> list[int]:
+        return [worker.pid for worker in self.workers]
+
+    def __enter__(self) -> EncoderPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def map(self, chunks: Iterable[Sequence[str]], *, ahead: int | None = None) -> Iterator[np.ndarray]:
+        """Encode each chunk in a worker and yield its (n, dim) vectors in input order.
+
+        ``ahead`` chunks (default: two per worker) are in flight at once, so the caller's
+        work on a chunk (an upsert, say) overlaps the encoding of the next ones.
+        """
+        ahead = ahead or 2 * len(self._executors)
+        pending: deque[tuple[Future[np.ndarray], int]] = deque()
+        for texts in chunks:
+            pending.append(self._submit(list(texts)))
+            if len(pending) >= ahead:
+                yield self._result(*pending.popleft())
+        while pending:
+            yield self._result(*pending.popleft())
+
+    def close(self) -> None:
+        """Stop every worker and wait for it: chunks not started are dropped, a running one
+        ends first. The workers stop side by side (an interpreter with torch takes ~1 s to exit)."""
+        stopping = [
+            threading.Thread(target=executor.shutdown, kwargs={"wait": True, "cancel_futures": True})
+            for executor in self._executors
+        ]
+        for thread in stopping:
+            thread.start()
+        for thread in stopping:
+            thread.join()
+
+    def _submit(self, texts: list[str]) -> tuple[Future[np.ndarray], int]:
+        from concurrent.futures.process import BrokenProcessPool
+
+        for inflight in self._inflight:  # one process each: its futures finish in order
+            while inflight and inflight[0].done():
+                inflight.popleft()
+        worker = min(range(len(self._executors)), key=lambda n: len(self._inflight[n]))
+        try:
+            future = self._executors[worker].submit(_worker_encode, texts)
+        except BrokenProcessPool as exc:
+            raise self._died(worker) from exc
+        self._inflight[worker].append(future)
+        return future, worker
+
+    def _result(self, future: Future[Any], worker: int) -> Any:
+        from concurrent.futures.process import BrokenProcessPool
+
+        try:
+            return future.result()
+        except BrokenProcessPool as exc:
+            raise self._died(worker) from exc
+        except RecbotError:
+            raise
+        except Exception as exc:
+            raise EncoderError(
+                f"encoder worker {worker} ({self.devices[worker]}) failed: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    def _died(self, worker: int) -> EncoderError:
+        return EncoderError(
+            f"encoder worker {worker} ({self.devices[worker]}) died (killed, out of memory or crashed); "
+            "encoder_workers = 1 encodes in-process"
+        )
+
+
+class BulkEncoder:
+    """Encodes the chunks of one bulk job (an ingest) in order: in encoder worker processes
+    when the embedder asks for several (``LazyEmbedder(workers=...)``) and a call brings
+    at least ``MIN_CHUNKS_PER_WORKER`` chunks per worker, else in-process, chunk by chunk.
+    The workers start with the first such call, serve every later one, and stop at ``close``.
+
+    Example:
+        >>> with BulkEncoder(LazyEmbedder(workers=2)) as bulk:
+        ...     vectors = list(bulk.map(chunks))
+    """
+
+    def __init__(self, embedder: Embedder) -> None:
+        self.embedder = embedder
+        self._pool: EncoderPool | None = None
+
+    def __enter__(self) -> BulkEncoder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def map(self, chunks: Sequence[Sequence[str]]) -> Iterator[np.ndarray]:
+        """Yield each chunk's (n, dim) vectors, in order."""
+        pool = self._start(len(chunks))
+        if pool is None:
+            for texts in chunks:
+                yield self.embedder.encode(texts, show_progress=False)
+        else:
+            yield from pool.map(chunks)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    def _start(self, chunks: int) -> EncoderPool | None:
+        if self._pool is None and isinstance(self.embedder, LazyEmbedder):
+            devices = self.embedder.worker_devices()
+            if len(devices) > 1 and chunks >= MIN_CHUNKS_PER_WORKER * len(devices):
+                self._pool = self.embedder.start_pool(devices)
+        return self._pool
+
+
+# This process's encoder when it is an encoder worker (set by the pool's initializer, a
+# process pool's one place for per-process state), or the error its load raised; None in
+# every other process.
+_WORKER: BertEmbedder | Exception | None = None
+
+
+def _worker_start(model: str | Path | None, kwargs: dict[str, Any], parent: int) -> None:
+    import signal
+
+    global _WORKER
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it stops the workers
+    threading.Thread(target=_exit_with_parent, args=(parent,), name="recbot-parent-watch", daemon=True).start()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # each worker keeps to its share of cores
+    try:
+        _WORKER = _load_embedder(model, kwargs)
+    except Exception as exc:  # an initializer's error is only logged in the child: hand it to the first task
+        _WORKER = exc
+
+
+def _exit_with_parent(parent: int) -> None:
+    # a pool worker whose parent is killed (kill -9) would otherwise wait for work forever
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
+
+
+def _worker_embedder() -> BertEmbedder:
+    if isinstance(_WORKER, Exception):
+        raise _WORKER
+    if _WORKER is None:
+        raise EncoderError("not an encoder worker process")
+    return _WORKER
+
+
+def _worker_ready() -> WorkerInfo:
+    import torch
+
+    embedder = _worker_embedder()
+    return WorkerInfo(os.getpid(), str(next(embedder.model.parameters()).device), torch.get_num_threads())
+
+
+def _worker_encode(texts: list[str]) -> np.ndarray:
+    return _worker_embedder().encode(texts, show_progress=False)
