@@ -32,7 +32,6 @@ content-only ranking.
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import json
 import zlib
@@ -263,10 +262,11 @@ class CollabModel:
     popularity: np.ndarray
     transition: sparse.csr_matrix
     ease_lambda: float = EASE_LAMBDA
-    # what ``update`` needs: the users in row order (sorted), each one's known items in
-    # time order (a ragged users x positions matrix holding item row + 1), the transition
-    # rows' sums of counts; None when fitted without user ids
-    user_ids: tuple[str, ...] | None = None
+    # what ``update`` needs: the users in row order (sorted; a numpy array, not Python
+    # strings, which would pin the freed memory of the histories they came with), each
+    # one's known items in time order (a ragged users x positions matrix holding item row +
+    # 1), the transition rows' sums of counts; None when fitted without user ids
+    user_ids: np.ndarray | None = field(default=None, repr=False)
     sequences: sparse.csr_matrix | None = field(default=None, repr=False)
     transition_sums: np.ndarray | None = field(default=None, repr=False)
     _transposed: sparse.csr_matrix | None = field(default=None, init=False, repr=False)  # lazy Xᵀ
@@ -285,7 +285,7 @@ class CollabModel:
         """Statistics of ``histories`` (each in time order) over the universe ``items``.
         Given as a mapping from user id, in sorted order (``Storage.histories``), the model
         can be ``update``d as users' histories change."""
-        users = tuple(histories) if isinstance(histories, Mapping) else None
+        users = np.array(list(histories), dtype=str) if isinstance(histories, Mapping) else None
         hists = list(histories.values()) if isinstance(histories, Mapping) else list(histories)
         index = {item: j for j, item in enumerate(items)}
         sequences = _sequences(hists, index)
@@ -314,19 +314,23 @@ class CollabModel:
         if self.user_ids is None or self.sequences is None or self.transition_sums is None:
             raise ValueError("this model was fitted without user ids: fit it on a mapping of user -> history")
         n_items = len(self.items)
-        position = {u: r for r, u in enumerate(self.user_ids)}
-        gone = {u for u, h in changed.items() if not h}
-        fresh = sorted(u for u, h in changed.items() if h)
-        kept = [u for u in self.user_ids if u not in gone and u not in changed]
-        users = tuple(heapq.merge(kept, fresh))
+        had = self.user_ids
+        asked = np.array(sorted(changed), dtype=str)
+        at = np.minimum(np.searchsorted(had, asked), max(len(had) - 1, 0))
+        held = (at < len(had)) & (had[at] == asked) if len(had) else np.zeros(len(asked), dtype=bool)
+        position = {str(u): int(r) for u, r in zip(asked[held], at[held], strict=True)}  # changed users' old rows
+        fresh = [str(u) for u in asked if changed[str(u)]]  # sorted, with a history now
+        users = np.sort(np.concatenate([np.delete(had, at[held]), np.array(fresh, dtype=str)]))
         new_seq = _sequences([changed[u] for u in fresh], self.index)
         # rows of the new matrices: an unchanged user's old row, or a changed user's new one
-        slot = {u: len(self.user_ids) + k for k, u in enumerate(fresh)}
-        select = np.array([slot[u] if u in slot else position[u] for u in users], dtype=np.int64)
+        slot = {u: len(had) + k for k, u in enumerate(fresh)}
+        is_fresh = np.isin(users, np.array(fresh, dtype=str))
+        select = np.searchsorted(had, users)
+        select[is_fresh] = len(had) + np.searchsorted(np.array(fresh, dtype=str), users[is_fresh])
         width = max(self.sequences.shape[1], new_seq.shape[1])
         sequences = sparse.vstack([_widened(self.sequences, width), _widened(new_seq, width)], format="csr")[select]
         x = sparse.vstack([self.matrix, _binary(new_seq, n_items)], format="csr")[select]
-        old_rows = np.array(sorted(position[u] for u in changed if u in position), dtype=np.int64)
+        old_rows = np.array(sorted(position.values()), dtype=np.int64)
         old_seq = self.sequences[old_rows]
         # the transition rows from every item the changed users held, before or after
         old_pairs, new_pairs = _transition_counts(old_seq, n_items), _transition_counts(new_seq, n_items)
