@@ -410,3 +410,23 @@ def test_the_pool_path_gives_the_exact_hybrids_list_on_a_small_catalog(toy_recom
         assert pooled.strategy == before.strategy.replace("hybrid", "hybrid-pool")
         assert [r.item.id for r in pooled] == [r.item.id for r in before]
         assert [b.item_id for r in pooled for b in r.because] == [b.item_id for r in before for b in r.because]
+
+
+def test_ingest_tunes_past_the_exact_search_threshold_as_below_it(make_recommender, tmp_path: Path) -> None:
+    """Past ``exact_search_max_items`` no snapshot is held; tuning reads the vectors for
+    itself and chooses what it chooses below the threshold."""
+    rng = np.random.default_rng(2)
+    items = [{"id": f"i{j:02d}", "title": f"thing {j} {['red', 'blue', 'green'][j % 3]}"} for j in range(40)]
+    inter = [
+        {"user_id": f"u{u:02d}", "item_id": f"i{j:02d}", "rating": 5, "timestamp": t}
+        for u in range(60)
+        for t, j in enumerate(rng.choice(40, size=5, replace=False))
+    ]
+    cat, ints = write_jsonl(tmp_path / "c.jsonl", items), write_jsonl(tmp_path / "i.jsonl", inter)
+    below = make_recommender(data_dir=tmp_path / "below")
+    below.ingest(cat, interactions=ints)
+    past = make_recommender(data_dir=tmp_path / "past", exact_search_max_items=10)
+    past.ingest(cat, interactions=ints)
+    assert past.store.exact_view() is None and below.store.exact_view() is not None
+    assert past.hybrid_weights().source == "validation"
+    assert past.hybrid_weights() == below.hybrid_weights()

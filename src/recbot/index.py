@@ -125,14 +125,16 @@ class Index:
         from tqdm.auto import tqdm
 
         view = self.store.exact_view()
+        # past exact_search_max_items no snapshot is held: the vectors are read for this only
+        ids, matrix = (view.ids, view.matrix) if view is not None else self.store.all_vectors()
         histories = self.storage.histories()
-        if view is None or not len(view.ids):
+        if not len(ids):
             chosen = HybridWeights(dict(DEFAULT_WEIGHTS), "default", 0)
         else:
             chosen = tune(
                 histories,
-                view.ids,
-                view.matrix,
+                ids,
+                matrix,
                 seed=self.settings.seed,
                 search=self.settings.tune_search,
                 # tuned with the profile serving uses: reviews, recency and dislikes as configured

@@ -52,6 +52,7 @@ class VectorStore(Protocol):
     def refresh(self) -> None: ...
     def ids(self) -> list[str]: ...
     def exact_view(self) -> Snapshot | None: ...
+    def all_vectors(self) -> tuple[list[str], np.ndarray]: ...
     def ids_where(self, filters: Filters) -> list[str]: ...
     def close(self) -> None: ...
 
@@ -220,6 +221,17 @@ class ChromaStore:
     def exact_view(self) -> Snapshot | None:
         """Every vector in memory when the collection is searched exactly, else None."""
         return self.snapshot() if self.count() <= self.exact_max_items else None
+
+    def all_vectors(self) -> tuple[list[str], np.ndarray]:
+        """Every id and vector, read page by page and not kept (tuning past
+        ``exact_search_max_items``, where no snapshot is held)."""
+        ids: list[str] = []
+        blocks: list[np.ndarray] = []
+        for offset in range(0, self.count(), _PAGE):
+            got = self.collection.get(include=["embeddings"], limit=_PAGE, offset=offset)
+            ids.extend(got["ids"])
+            blocks.append(np.asarray(got["embeddings"], dtype=np.float32))
+        return ids, np.concatenate(blocks) if blocks else np.zeros((0, 0), dtype=np.float32)
 
     def snapshot(self) -> Snapshot:
         """Load (once) every vector and metadata row into memory."""
