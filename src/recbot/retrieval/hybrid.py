@@ -600,10 +600,11 @@ def choose_weights(
     grid: Mapping[str, Sequence[float]] = WEIGHT_GRID,
     search: str = "coordinate",
     progress: Callable[[Iterable[tuple[float, ...]], int], Iterable[tuple[float, ...]]] | None = None,
+    standardised: bool = False,
 ) -> tuple[dict[str, float], float]:
     """The blend weights on ``grid`` maximising NDCG@10 of the held-out ``targets`` (one
     item column per row; validation items, never test items). Returns the weights and
-    their NDCG@10.
+    their NDCG@10. ``standardised``: ``parts`` are z-scored already (``zscore``).
 
     ``search="grid"`` tries every grid point (648 of them; ties go to the earlier one).
     ``"coordinate"`` (the default) starts from the grid point nearest ``DEFAULT_WEIGHTS``
@@ -611,7 +612,7 @@ def choose_weights(
     most ``TUNE_PASSES`` times (until a sweep changes nothing): at most 3 x 17 points, so
     its cost is bounded by design, whatever the machine.
     """
-    z = {name: zscore(m) for name, m in parts.items()}
+    z = dict(parts) if standardised else {name: zscore(m) for name, m in parts.items()}
     names = [n for n in grid if n in z]
     scored: dict[tuple[float, ...], float] = {}
     target_col = np.asarray(targets)[:, None]
@@ -781,7 +782,11 @@ def tune(
         dislike_weight=dislike_weight,
     )
     targets = np.array([index[histories[u][-1].item_id] for u in eligible])
-    weights, ndcg = choose_weights(parts, history_matrix(hists, index), targets, search=search, progress=progress)
+    for name in list(parts):  # one at a time, each raw matrix freed as its z-scores replace it
+        parts[name] = zscore(parts[name])
+    weights, ndcg = choose_weights(
+        parts, history_matrix(hists, index), targets, search=search, progress=progress, standardised=True
+    )
     return HybridWeights(weights, "validation", len(eligible), round(ndcg, 6))
 
 
