@@ -56,22 +56,6 @@ def replace_rows(m: sparse.csr_matrix, rows: np.ndarray, new: sparse.csr_matrix)
     return sparse.vstack([m, new], format="csr")[select]
 
 
-def _cut(top: sparse.csr_matrix, floor: np.ndarray, m: int) -> sparse.csr_matrix:
-    """Rows of ``top`` (each holding every value at or above its ``floor``) cut to the
-    values above the floor plus the smallest columns at it, ``m`` entries in all (all of
-    a row with a floor of 0, which holds at most ``m``)."""
-    row = np.repeat(np.arange(top.shape[0]), np.diff(top.indptr))
-    above = top.data > floor[row]
-    at = np.flatnonzero(top.data == floor[row])
-    room = m - np.bincount(row[above], minlength=top.shape[0])
-    at = at[np.lexsort((top.indices[at], row[at]))]  # by row, then column
-    first = np.searchsorted(row[at], row[at])  # where each row's run of "at" entries starts
-    keep = above.copy()
-    keep[at[np.arange(len(at)) - first < room[row[at]]]] = True
-    lengths = np.bincount(row[keep], minlength=top.shape[0])
-    return sparse.csr_matrix((top.data[keep], top.indices[keep], np.r_[0, np.cumsum(lengths)]), top.shape)
-
-
 @dataclass(frozen=True)
 class NeighbourLists:
     """Every item's top-``m`` list (``top_m_rows``): a base matrix, the rows replaced
