@@ -316,14 +316,14 @@ class CollabModel:
         n_items = len(self.items)
         had = self.user_ids
         asked = np.array(sorted(changed), dtype=str)
-        at = np.minimum(np.searchsorted(had, asked), max(len(had) - 1, 0))
-        held = (at < len(had)) & (had[at] == asked) if len(had) else np.zeros(len(asked), dtype=bool)
+        at = np.minimum(np.searchsorted(had, asked), max(len(had) - 1, 0))  # clipped: compared next
+        held = had[at] == asked if len(had) else np.zeros(len(asked), dtype=bool)
         position = {str(u): int(r) for u, r in zip(asked[held], at[held], strict=True)}  # changed users' old rows
         fresh = [str(u) for u in asked if changed[str(u)]]  # sorted, with a history now
         users = np.sort(np.concatenate([np.delete(had, at[held]), np.array(fresh, dtype=str)]))
         new_seq = _sequences([changed[u] for u in fresh], self.index)
         # rows of the new matrices: an unchanged user's old row, or a changed user's new one
-        slot = {u: len(had) + k for k, u in enumerate(fresh)}
+        fresh_row = {u: k for k, u in enumerate(fresh)}  # in new_seq
         is_fresh = np.isin(users, np.array(fresh, dtype=str))
         select = np.searchsorted(had, users)
         select[is_fresh] = len(had) + np.searchsorted(np.array(fresh, dtype=str), users[is_fresh])
@@ -358,7 +358,7 @@ class CollabModel:
             gained_or_lost = set()
             for u in changed:
                 old = set(self.sequences[position[u]].data - 1) if u in position else set()
-                new = set(new_seq[fresh.index(u)].data - 1) if u in slot else set()
+                new = set(new_seq[fresh_row[u]].data - 1) if u in fresh_row else set()
                 gained_or_lost |= old ^ new
             moved = np.array(sorted(gained_or_lost), dtype=np.int64)
             if not len(moved):

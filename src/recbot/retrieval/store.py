@@ -225,13 +225,23 @@ class ChromaStore:
     def all_vectors(self) -> tuple[list[str], np.ndarray]:
         """Every id and vector, read page by page and not kept (tuning past
         ``exact_search_max_items``, where no snapshot is held)."""
+        ids, matrix, _ = self._read_all(metadatas=False)
+        return ids, matrix
+
+    def _read_all(self, *, metadatas: bool) -> tuple[list[str], np.ndarray, list[Mapping[str, Any]]]:
+        """Every id, vector (and metadata row), page by page."""
         ids: list[str] = []
+        metas: list[Mapping[str, Any]] = []
         blocks: list[np.ndarray] = []
+        include: Any = ["embeddings", "metadatas"] if metadatas else ["embeddings"]
         for offset in range(0, self.count(), _PAGE):
-            got = self.collection.get(include=["embeddings"], limit=_PAGE, offset=offset)
+            got = self.collection.get(include=include, limit=_PAGE, offset=offset)
             ids.extend(got["ids"])
+            metas.extend(got["metadatas"] or [])
             blocks.append(np.asarray(got["embeddings"], dtype=np.float32))
-        return ids, np.concatenate(blocks) if blocks else np.zeros((0, 0), dtype=np.float32)
+        dim = blocks[0].shape[1] if blocks else 0
+        matrix = np.concatenate(blocks) if blocks else np.zeros((0, dim), dtype=np.float32)
+        return ids, np.ascontiguousarray(matrix), metas
 
     def snapshot(self) -> Snapshot:
         """Load (once) every vector and metadata row into memory."""
@@ -240,18 +250,8 @@ class ChromaStore:
 
     def _load_snapshot(self) -> Snapshot:
         if self._snapshot is None:
-            ids: list[str] = []
-            metadatas: list[Mapping[str, Any]] = []
-            blocks: list[np.ndarray] = []
-            total = self.count()
-            for offset in range(0, total, _PAGE):
-                got = self.collection.get(include=["embeddings", "metadatas"], limit=_PAGE, offset=offset)
-                ids.extend(got["ids"])
-                metadatas.extend(got["metadatas"] or [])
-                blocks.append(np.asarray(got["embeddings"], dtype=np.float32))
-            dim = blocks[0].shape[1] if blocks else 0
-            matrix = np.concatenate(blocks) if blocks else np.zeros((0, dim), dtype=np.float32)
-            self._snapshot = Snapshot(ids, np.ascontiguousarray(matrix), metadatas)
+            ids, matrix, metadatas = self._read_all(metadatas=True)
+            self._snapshot = Snapshot(ids, matrix, metadatas)
             logger.debug("loaded %d vectors from Chroma", len(ids))
         return self._snapshot
 
