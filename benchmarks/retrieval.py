@@ -206,7 +206,7 @@ def bench_latency(settings: Settings, vectors: np.ndarray, cats: list[str], quer
     sub = np.ascontiguousarray(vectors[mask])
     floor_all, floor_cat, recall_all, recall_cat = [], [], [], []
     for _ in range(queries):
-        q = vectors[rng.integers(0, n)] + rng.normal(size=vectors.shape[1]).astype(np.float32) * 0.02
+        q = vectors[rng.integers(0, n)] + rng.standard_normal(vectors.shape[1], dtype=np.float32) * 0.02
         q /= np.linalg.norm(q)
         t0 = time.perf_counter()
         s = vectors @ q

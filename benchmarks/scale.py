@@ -5,13 +5,14 @@ For each size: item vectors clustered around real MiniLM embeddings of generated
 each drawn with a Zipf popularity skew (1M items: 50k users, 5M interactions), written to
 a real Chroma collection and SQLite. Then, timed:
 
-- choosing the hybrid's weights (``hybrid.tune``, coordinate ascent, on the vectors);
+- choosing the hybrid's weights as ``recbot tune`` (and ingest) does, in a fresh process
+  (``Recommender.tune``: coordinate ascent; past ``exact_search_max_items`` it ranks the
+  pool path's candidates, reading only their vectors from Chroma), with its peak memory;
 - ``recommend`` p50/p95 on the path that serves at that size (exact up to
   ``exact_search_max_items``, the pool beyond), with and without a category filter;
 - at sizes the exact path serves, the pool path forced on: its recall of the exact top 10;
 - resident memory (now and peak) of the process that serves: a fresh one that opens the
-  data dir as ``recbot`` does (the tuning process's own peak, with this script's copy of
-  every vector, is reported beside it);
+  data dir as ``recbot`` does;
 - feedback: a thumbs-up on a user's first recommendation, then that user's next
   ``recommend``, which brings the collaborative model (and its neighbour lists) up to
   date first (``CollabModel.update``); p50/p95/max of that call, against the first call's
@@ -98,11 +99,9 @@ def pct(xs: list[float], q: float) -> float:
     return round(float(np.percentile(xs, q)), 1)
 
 
-def measure(
-    settings: Settings, vectors: np.ndarray, ids: list[str], requests: int, feedbacks: int
-) -> dict[str, object]:
-    """Tune here (it needs every item vector); serve in a fresh process, so that its
-    memory is what a recbot process serving this catalog holds, not this script's copies."""
+def measure(settings: Settings, ids: list[str], requests: int, feedbacks: int) -> dict[str, object]:
+    """Tune and serve, each in a fresh process that opens the data dir as ``recbot`` does,
+    so that time and memory are the product's, not this script's (which holds every vector)."""
     storage = open_storage(settings)
     histories = storage.histories()
     out: dict[str, object] = {
@@ -110,18 +109,31 @@ def measure(
         "users": len(histories),
         "interactions": sum(len(h) for h in histories.values()),
     }
-    started = time.perf_counter()
-    chosen = hybrid.tune(histories, ids, vectors)
-    out["tune_s"] = round(time.perf_counter() - started, 1)
-    out["tune_users"] = chosen.users
-    out["weights"] = chosen.weights
-    storage.set_meta("hybrid", chosen.to_json())
     users = sorted(histories)[:requests]
     storage.close()
     del histories
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+        out.update(pool.submit(tune, str(settings.data_dir)).result())
+    with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
         out.update(pool.submit(serve, str(settings.data_dir), users, feedbacks).result())
-    out["tuning_process_peak_rss_gib"] = round(peak_rss_bytes() / 2**30, 2)
+    return out
+
+
+def tune(data_dir: str) -> dict[str, object]:
+    """In a fresh process: ``Recommender.tune``, as ``recbot tune`` runs it."""
+    settings = Settings.create(data_dir=data_dir)
+    rec = Recommender(settings, storage=open_storage(settings), store=open_store(settings), embedder=None)  # type: ignore[arg-type]
+    started = time.perf_counter()
+    chosen = rec.tune(show_progress=False)
+    out = {
+        "tune_s": round(time.perf_counter() - started, 1),
+        "tune_peak_rss_gib": round(peak_rss_bytes() / 2**30, 2),
+        "tune_users": chosen.users,
+        "tune_ranking": chosen.ranking,
+        "weights": chosen.weights,
+    }
+    rec.close()
     return out
 
 
@@ -236,18 +248,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         for n in (int(s) for s in args.sizes.split(",")):
             settings, vectors, ids = build(base, n, args.keep or Path(tmp))
-            rows.append(measure(settings, vectors, ids, args.requests, args.feedbacks))
-            print(json.dumps(rows[-1]), file=sys.stderr)
             del vectors
+            rows.append(measure(settings, ids, args.requests, args.feedbacks))
+            print(json.dumps(rows[-1]), file=sys.stderr)
     print(
-        "| items | users | interactions | tune s | p50 ms | p95 ms | p50 ms (category) | p95 ms (category) "
-        "| strategy | pool recall@10 | serving RSS GiB | serving peak GiB | first call s "
+        "| items | users | interactions | tune s | tune peak GiB | p50 ms | p95 ms "
+        "| p50 ms (category) | p95 ms (category) | strategy | pool recall@10 "
+        "| serving RSS GiB | serving peak GiB | first call s "
         "| after a thumbs-up p50 / p95 / max ms | updated = fresh fit |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['items']} | {r['users']} | {r['interactions']} | {r['tune_s']} | {r['recommend_all_p50_ms']} "
+            f"| {r['items']} | {r['users']} | {r['interactions']} | {r['tune_s']} | {r['tune_peak_rss_gib']} "
+            f"| {r['recommend_all_p50_ms']} "
             f"| {r['recommend_all_p95_ms']} | {r['recommend_category_p50_ms']} | {r['recommend_category_p95_ms']} "
             f"| {','.join(r['strategy_all'])} | {r.get('pool_recall_at_10_vs_exact', '-')} "  # type: ignore[arg-type]
             f"| {r['rss_gib']} | {r['peak_rss_gib']} | {r['first_call_s']} "

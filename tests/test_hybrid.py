@@ -287,6 +287,63 @@ def test_tune_defaults_on_few_users_and_chooses_on_many() -> None:
     assert HybridWeights.from_json(chosen.to_json()) == chosen
 
 
+class _MemoryVectors:
+    """``hybrid.VectorSource`` over an in-memory matrix, recording which vectors were read."""
+
+    def __init__(self, items: list[str], vectors: np.ndarray) -> None:
+        self.items, self.matrix, self.row = items, vectors, {i: j for j, i in enumerate(items)}
+        self.read: set[str] = set()
+
+    def vectors(self, ids):
+        self.read.update(ids)
+        return {i: self.matrix[self.row[i]] for i in ids if i in self.row}
+
+    def nearest(self, vector, n, exclude):
+        order = np.argsort(-(self.matrix @ vector), kind="stable")
+        return [self.items[j] for j in order if self.items[j] not in exclude][:n]
+
+
+def _random_catalog(n_items: int, n_users: int, per_user: int, seed: int = 0):
+    """Unit vectors in 16-d and users who each hold a run of neighbouring items (so the
+    collaborative components and the text both carry signal), rated 1-5 in time order."""
+    rng = np.random.default_rng(seed)
+    items = [f"i{j:05d}" for j in range(n_items)]
+    vectors = rng.normal(size=(n_items, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    histories = {}
+    for u in range(n_users):
+        start = int(rng.integers(0, n_items - 3 * per_user))
+        picks = rng.choice(np.arange(start, start + 3 * per_user), size=per_user, replace=False)
+        histories[f"u{u:03d}"] = [
+            Interaction(f"u{u:03d}", items[j], float(rng.integers(1, 6)), None, 1_000 + t) for t, j in enumerate(picks)
+        ]
+    return items, vectors, histories
+
+
+def test_tuning_a_pool_that_holds_the_catalog_is_tuning_the_exact_hybrid() -> None:
+    """With every item a candidate and the sample the whole catalog, the pool path's blend
+    is the exact one (see the pool_scores test below), so tuning either chooses alike."""
+    items, vectors, histories = _random_catalog(60, 120, 6)
+    for search in ("coordinate", "grid"):
+        exact = tune(histories, items, vectors, search=search)
+        pool = tune(histories, items, _MemoryVectors(items, vectors), search=search, pool_size=len(items))
+        assert exact.ranking == "exact" and pool.ranking == "pool"
+        assert pool.weights == exact.weights and pool.validation_ndcg == pytest.approx(exact.validation_ndcg, abs=1e-6)
+
+
+def test_tuning_the_pool_reads_only_the_vectors_it_ranks() -> None:
+    """Past the exact threshold nobody holds every vector: tuning reads the fixed sample,
+    the histories' items and each user's candidates, no more."""
+    items, vectors, histories = _random_catalog(6000, 60, 6, seed=1)
+    small, large = _MemoryVectors(items, vectors), _MemoryVectors(items, vectors)
+    chosen = tune(histories, items, small, pool_size=5)
+    assert chosen.ranking == "pool" and chosen.source == "validation" and chosen.users == 60
+    # at most: 2048 sampled + 360 held + 60 users x (6 collaborative components + nearest) x 5
+    assert len(small.read) <= 2048 + 360 + 60 * 7 * 5 < len(items)
+    tune(histories, items, large, pool_size=50)
+    assert len(small.read) < len(large.read) <= 2048 + 360 + 60 * 7 * 50
+
+
 def test_tune_builds_the_served_profile_with_the_sampled_users_reviews() -> None:
     asked: list[str] = []
 
@@ -412,9 +469,12 @@ def test_the_pool_path_gives_the_exact_hybrids_list_on_a_small_catalog(toy_recom
         assert [b.item_id for r in pooled for b in r.because] == [b.item_id for r in before for b in r.because]
 
 
-def test_ingest_tunes_past_the_exact_search_threshold_as_below_it(make_recommender, tmp_path: Path) -> None:
-    """Past ``exact_search_max_items`` no snapshot is held; tuning reads the vectors for
-    itself and chooses what it chooses below the threshold."""
+def test_ingest_tunes_the_pool_past_the_exact_search_threshold(
+    make_recommender, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past ``exact_search_max_items`` the pool path serves, so tuning ranks each user's
+    items among the pool's candidates, reading only their vectors (never the whole
+    collection); it chooses what the pool forced on below the threshold chooses."""
     rng = np.random.default_rng(2)
     items = [{"id": f"i{j:02d}", "title": f"thing {j} {['red', 'blue', 'green'][j % 3]}"} for j in range(40)]
     inter = [
@@ -423,10 +483,15 @@ def test_ingest_tunes_past_the_exact_search_threshold_as_below_it(make_recommend
         for t, j in enumerate(rng.choice(40, size=5, replace=False))
     ]
     cat, ints = write_jsonl(tmp_path / "c.jsonl", items), write_jsonl(tmp_path / "i.jsonl", inter)
-    below = make_recommender(data_dir=tmp_path / "below")
-    below.ingest(cat, interactions=ints)
+    exact = make_recommender(data_dir=tmp_path / "exact")
+    exact.ingest(cat, interactions=ints)
+    forced = make_recommender(data_dir=tmp_path / "forced", hybrid_pool=True)
+    forced.ingest(cat, interactions=ints)
     past = make_recommender(data_dir=tmp_path / "past", exact_search_max_items=10)
+    monkeypatch.setattr(past.store, "_read_all", lambda: pytest.fail("tuning read every vector"))
     past.ingest(cat, interactions=ints)
-    assert past.store.exact_view() is None and below.store.exact_view() is not None
+    assert past.store.exact_view() is None and forced.store.exact_view() is not None
+    assert exact.hybrid_weights().ranking == "exact" and past.hybrid_weights().ranking == "pool"
     assert past.hybrid_weights().source == "validation"
-    assert past.hybrid_weights() == below.hybrid_weights()
+    assert past.hybrid_weights() == forced.hybrid_weights()
+    assert "ranked among the pool path's candidates" in past.hybrid_weights().describe()

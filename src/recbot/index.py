@@ -17,16 +17,19 @@ import json
 import re
 import time
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from recbot.catalog import Format
 from recbot.config import Settings
 from recbot.errors import UnknownItemError
 from recbot.ingest import IngestReport, ingest
 from recbot.retrieval.embedder import Embedder
-from recbot.retrieval.hybrid import DEFAULT_WEIGHTS, HybridWeights, tune
+from recbot.retrieval.hybrid import DEFAULT_WEIGHTS, HybridWeights, VectorSource, tune
 from recbot.retrieval.store import VectorStore
 from recbot.storage import Storage
 from recbot.types import Interaction
@@ -63,6 +66,20 @@ class ForgetReport:
 
 def _words(text: str) -> list[str]:
     return re.findall(r"\w+", text.casefold())
+
+
+class _StoreVectors:
+    """The vector store as ``hybrid.tune`` reads it on the pool path: the vectors of the
+    items asked for, and the nearest items to an interest vector (the ANN index serving asks)."""
+
+    def __init__(self, store: VectorStore) -> None:
+        self.store = store
+
+    def vectors(self, ids: Sequence[str]) -> Mapping[str, np.ndarray]:
+        return self.store.get_vectors(ids)
+
+    def nearest(self, vector: np.ndarray, n: int, exclude: frozenset[str]) -> list[str]:
+        return [hit.id for hit in self.store.search(vector, n, exclude=exclude)]
 
 
 def _shares_a_run(line: str, review: str) -> bool:
@@ -125,16 +142,19 @@ class Index:
         from tqdm.auto import tqdm
 
         view = self.store.exact_view()
-        # past exact_search_max_items no snapshot is held: the vectors are read for this only
-        ids, matrix = (view.ids, view.matrix) if view is not None else self.store.all_vectors()
         histories = self.storage.histories()
+        vectors: np.ndarray | VectorSource
+        if view is not None and not self.settings.hybrid_pool:  # the exact hybrid serves: tune it
+            ids, vectors = view.ids, view.matrix
+        else:  # the pool path serves: tune it, reading only its candidates' vectors
+            ids, vectors = self.storage.item_ids(), _StoreVectors(self.store)
         if not len(ids):
             chosen = HybridWeights(dict(DEFAULT_WEIGHTS), "default", 0)
         else:
             chosen = tune(
                 histories,
                 ids,
-                matrix,
+                vectors,
                 seed=self.settings.seed,
                 search=self.settings.tune_search,
                 # tuned with the profile serving uses: reviews, recency and dislikes as configured
@@ -142,6 +162,7 @@ class Index:
                 review_weight=self.settings.review_weight,
                 half_life_days=self.settings.recency_half_life_days,
                 dislike_weight=self.settings.dislike_weight,
+                pool_size=self.settings.pool_size,
                 progress=lambda it, n: tqdm(
                     it, total=n, desc="Choosing weights", unit="step", disable=not show_progress
                 ),

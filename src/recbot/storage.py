@@ -144,6 +144,10 @@ class Storage:
             self._items = {row[0]: _item_from_json(row[1]) for row in self._query("SELECT id, data FROM items")}
         return self._items
 
+    def item_ids(self) -> list[str]:
+        """Every catalog item id, sorted (without reading the items themselves)."""
+        return [row[0] for row in self._query("SELECT id FROM items ORDER BY id")]
+
     def invalidate(self) -> None:
         """Drop cached reads (another process wrote to the file)."""
         self._items = None

@@ -37,6 +37,7 @@ import json
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 from scipy import linalg, sparse
@@ -702,23 +703,38 @@ class HybridWeights:
     source: str  # "validation": chosen on held-out items; "default": too few users to choose
     users: int  # users the choice was made on (or that were eligible, for "default")
     validation_ndcg: float | None = None  # NDCG@10 of the chosen weights on the validation items
+    ranking: str = "exact"  # what the NDCG ranked: every item ("exact"), or the pool path's candidates ("pool")
 
     def to_json(self) -> str:
         return json.dumps(
-            {"weights": self.weights, "source": self.source, "users": self.users, "ndcg@10": self.validation_ndcg},
+            {
+                "weights": self.weights,
+                "source": self.source,
+                "users": self.users,
+                "ndcg@10": self.validation_ndcg,
+                "ranking": self.ranking,
+            },
             sort_keys=True,
         )
 
     @classmethod
     def from_json(cls, text: str) -> HybridWeights:
         d = json.loads(text)
-        return cls({str(k): float(v) for k, v in d["weights"].items()}, d["source"], int(d["users"]), d.get("ndcg@10"))
+        return cls(
+            {str(k): float(v) for k, v in d["weights"].items()},
+            d["source"],
+            int(d["users"]),
+            d.get("ndcg@10"),
+            d.get("ranking", "exact"),
+        )
 
     def describe(self) -> str:
         shown = ", ".join(f"{k} {v:g}" for k, v in self.weights.items())
         if self.source == "validation":
+            how = "" if self.ranking == "exact" else ", ranked among the pool path's candidates"
             return (
-                f"hybrid weights chosen on {self.users} users' last items (NDCG@10 {self.validation_ndcg:.4f}): {shown}"
+                f"hybrid weights chosen on {self.users} users' last items (NDCG@10 {self.validation_ndcg:.4f}{how}): "
+                f"{shown}"
             )
         return f"hybrid weights: defaults ({self.users} users with 3+ items, {MIN_TUNE_USERS} needed to tune): {shown}"
 
@@ -727,10 +743,21 @@ MIN_TUNE_USERS = 50  # users with 3+ interactions needed to choose weights on th
 MAX_TUNE_CELLS = 40_000_000  # users x items per component matrix while tuning (~160 MB each)
 
 
+class VectorSource(Protocol):
+    """Item vectors read on demand, for tuning the pool path (past ``exact_search_max_items``
+    no process holds every vector; ``recbot.index.Index.tune`` passes the vector store)."""
+
+    def vectors(self, ids: Sequence[str]) -> Mapping[str, np.ndarray]: ...
+    def nearest(self, vector: np.ndarray, n: int, exclude: frozenset[str]) -> list[str]: ...
+
+
+TUNE_BLOCK = 16  # users whose collaborative components (every item) are computed at once
+
+
 def tune(
     histories: Mapping[str, Sequence[Interaction]],
     items: Sequence[str],
-    item_vectors: np.ndarray,
+    item_vectors: np.ndarray | VectorSource,
     *,
     min_users: int = MIN_TUNE_USERS,
     max_users: int = 2000,
@@ -741,23 +768,31 @@ def tune(
     review_weight: float = Settings.review_weight,
     half_life_days: float = Settings.recency_half_life_days,
     dislike_weight: float = Settings.dislike_weight,
+    pool_size: int = Settings.pool_size,
 ) -> HybridWeights:
     """Choose blend weights on the stored interactions: each user's latest item (3+
     interactions) is held out as the validation target, everything else trains the
     collaborative statistics, and the grid point with the best NDCG@10 wins. With fewer
     than ``min_users`` such users, DEFAULT_WEIGHTS. At most ``max_users`` users (a seeded
-    sample), fewer for large catalogs so memory stays bounded. The ``bert`` component is
+    sample), fewer for large catalogs so the work stays bounded. The ``bert`` component is
     the served interest vector (``interest_profile``), so pass the settings ``recommend``
     uses.
+
+    Two rankings can be tuned, the two that serve:
+    - ``item_vectors`` an array: the exact hybrid, every item scored;
+    - ``item_vectors`` a ``VectorSource``: the pool path (``pool_scores``), each user's
+      items ranked among the candidates the pool would gather for them, which reads only
+      the vectors of those candidates, not every item's (``_pool_parts``).
 
     Args:
         histories: every user's interactions, each in time order.
         items: the item universe (rows of ``item_vectors``).
-        item_vectors: (n_items, d) unit text embeddings.
+        item_vectors: (n_items, d) unit text embeddings, or where to read them.
         review_vectors: a user id's unit review vectors by item id (called only for the
             sampled users); None: no reviews.
         review_weight, half_life_days, dislike_weight: ``Settings``' (the defaults).
         search: how ``choose_weights`` searches the grid ("coordinate" or "grid").
+        pool_size: the pool path's ``Settings.pool_size``.
     """
     index = {item: j for j, item in enumerate(items)}
     eligible = sorted(u for u, h in histories.items() if len(h) >= 3 and h[-1].item_id in index)
@@ -770,24 +805,92 @@ def tune(
     held = set(eligible)
     train = {u: list(h[:-1]) if u in held else list(h) for u, h in histories.items()}
     model = CollabModel.fit(train.values(), items)
-    hists = [train[u] for u in eligible]
-    parts = model.scores(hists)
-    parts["bert"] = bert_scores(
-        hists,
-        item_vectors,
-        index,
-        review_vectors=[review_vectors(u) for u in eligible] if review_vectors is not None else None,
-        review_weight=review_weight,
-        half_life_days=half_life_days,
-        dislike_weight=dislike_weight,
-    )
+    del train  # the model holds what it needs
+    hists = [list(histories[u][:-1]) for u in eligible]
+    reviews = [review_vectors(u) for u in eligible] if review_vectors is not None else None
+    profile_settings = dict(review_weight=review_weight, half_life_days=half_life_days, dislike_weight=dislike_weight)
     targets = np.array([index[histories[u][-1].item_id] for u in eligible])
-    for name in list(parts):  # one at a time, each raw matrix freed as its z-scores replace it
-        parts[name] = zscore(parts[name])
-    weights, ndcg = choose_weights(
-        parts, history_matrix(hists, index), targets, search=search, progress=progress, standardised=True
-    )
-    return HybridWeights(weights, "validation", len(eligible), round(ndcg, 6))
+    if isinstance(item_vectors, np.ndarray):
+        parts = model.scores(hists)
+        parts["bert"] = bert_scores(hists, item_vectors, index, review_vectors=reviews, **profile_settings)
+        for name in list(parts):  # one at a time, each raw matrix freed as its z-scores replace it
+            parts[name] = zscore(parts[name])
+        seen = history_matrix(hists, index)
+        ranking = "exact"
+    else:
+        parts, seen, targets = _pool_parts(model, hists, reviews, targets, item_vectors, pool_size, profile_settings)
+        ranking = "pool"
+    weights, ndcg = choose_weights(parts, seen, targets, search=search, progress=progress, standardised=True)
+    return HybridWeights(weights, "validation", len(eligible), round(ndcg, 6), ranking)
+
+
+def _pool_parts(
+    model: CollabModel,
+    hists: Sequence[Sequence[Interaction]],
+    reviews: Sequence[Mapping[str, np.ndarray] | None] | None,
+    targets: np.ndarray,
+    source: VectorSource,
+    pool_size: int,
+    profile_settings: Mapping[str, float],
+) -> tuple[dict[str, np.ndarray], sparse.csr_matrix, np.ndarray]:
+    """The components of ``tune`` for the pool path: for each user, the candidates the pool
+    gathers whatever the weights (the best ``pool_size`` of every collaborative component,
+    the most popular, the ``pool_size`` nearest to the interest vector by
+    ``source.nearest``), and their z-scores as ``pool_scores`` takes them (the cosines and
+    item-kNN by the fixed sample of items, exact item-kNN values as ``knn_at`` gives them).
+
+    Returns users x candidates matrices (one column per candidate, padded to the widest
+    user), the padding as the ``seen`` matrix (never ranked), and each target's column
+    (-1 when the pool misses it: a miss for every weight, as serving would miss it).
+    """
+    items, index = model.items, model.index
+    sample = pool_sample(items)
+    got = source.vectors(sample)
+    sample = [i for i in sample if i in got]
+    sample_rows = np.array([index[i] for i in sample], dtype=np.int64)
+    sample_matrix = np.stack([got[i] for i in sample]) if sample else None
+    every = dict.fromkeys(WEIGHT_GRID, 1.0)  # candidates for any weights: every component's best
+    columns: list[dict[str, np.ndarray]] = []
+    found_at = np.full(len(hists), -1, dtype=np.int64)
+    for start in range(0, len(hists), TUNE_BLOCK):
+        block = hists[start : start + TUNE_BLOCK]
+        parts = model.scores(block)
+        for b, hist in enumerate(block):
+            u = start + b
+            one = {name: m[b] for name, m in parts.items()}
+            seen = {index[h.item_id] for h in hist if h.item_id in index}
+            profile = interest_profile(
+                hist,
+                source.vectors([h.item_id for h in hist]),
+                reviews[u] if reviews is not None else None,
+                **profile_settings,
+            ).vector
+            rows_found = pool_rows(one, every, pool_size, model=model)
+            if profile is not None:
+                exclude = frozenset(items[j] for j in seen)
+                rows_found |= {index[i] for i in source.nearest(profile, pool_size, exclude) if i in index}
+            ids = [items[j] for j in sorted(rows_found - seen)]
+            vectors = source.vectors(ids)
+            ids = [i for i in ids if i in vectors]
+            rows = np.array([index[i] for i in ids], dtype=np.int64)
+            if profile is not None and ids and sample_matrix is not None:
+                content = np.stack([vectors[i] for i in ids]) @ profile
+                sample_content = sample_matrix @ profile
+            else:
+                content, sample_content = np.zeros(len(rows)), np.zeros(len(sample_rows))
+            known = {name: (one[name][rows], one[name][sample_rows]) for name in KNN_COMPONENTS}
+            z = pool_components(one, rows, content, sample_rows, sample_content, known)
+            columns.append({name: cand for name, (cand, _samp) in z.items()})
+            hit = np.flatnonzero(rows == targets[u])
+            found_at[u] = hit[0] if len(hit) else -1
+    width = max((len(next(iter(c.values()), ())) for c in columns), default=0) + 1  # a column of padding at least
+    out = {name: np.zeros((len(hists), width), dtype=np.float32) for name in columns[0]} if columns else {}
+    pad = np.ones((len(hists), width), dtype=bool)
+    for u, c in enumerate(columns):
+        for name, values in c.items():
+            out[name][u, : len(values)] = values
+        pad[u, : len(next(iter(c.values()), ()))] = False
+    return out, sparse.csr_matrix(pad), found_at
 
 
 POOL_SAMPLE = 2048  # items whose cosines give the catalog's mean and spread on the pool path
@@ -797,7 +900,12 @@ def pool_sample(items: Iterable[str], size: int = POOL_SAMPLE) -> list[str]:
     """The fixed sample of items whose scores stand in for the catalog's mean and spread
     on the pool path: the ``size`` items first by the crc32 of their ids (the same on
     every machine, and stable as items come and go)."""
-    return sorted(items, key=lambda i: (zlib.crc32(i.encode("utf-8")), i))[:size]
+    items = list(items)
+    keys = np.fromiter((zlib.crc32(i.encode("utf-8")) for i in items), dtype=np.int64, count=len(items))
+    if len(items) > size:  # only the items at or below the size-th smallest key can be in it
+        keep = np.flatnonzero(keys <= np.partition(keys, size - 1)[size - 1])
+        items, keys = [items[j] for j in keep], keys[keep]
+    return [i for _k, i in sorted(zip(keys.tolist(), items, strict=True))][:size]
 
 
 def pool_rows(
@@ -822,6 +930,36 @@ def top_rows(scores: np.ndarray, n: int) -> set[int]:
     return {int(j) for j in np.argpartition(-scores, min(n, len(scores) - 1))[:n]}
 
 
+def pool_components(
+    parts: Mapping[str, np.ndarray],
+    rows: np.ndarray,
+    content: np.ndarray,
+    sample_rows: np.ndarray,
+    sample_content: np.ndarray,
+    known: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    names: Iterable[str] = COMPONENTS,
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Each of ``names``' z-scores at the candidate ``rows`` and at ``sample_rows``, as
+    ``pool_scores`` blends them (float64): ``bert`` (``content``) and the components in
+    ``known`` by the sample's mean and spread, the rest of ``parts`` by the catalog's."""
+    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    known = known or {}
+    for name in names:
+        if name == "bert" or name in known:
+            cand, samp = (content, sample_content) if name == "bert" else known[name]
+            cand, samp = np.asarray(cand, dtype=np.float64), np.asarray(samp, dtype=np.float64)
+            mean, std = float(samp.mean()), float(samp.std())
+        elif name in parts:
+            full = np.asarray(parts[name]).ravel()
+            cand, samp = full[rows].astype(np.float64), full[sample_rows].astype(np.float64)
+            mean, std = float(full.mean()), float(full.std())
+        else:
+            continue
+        std = std or 1.0
+        out[name] = ((cand - mean) / std, (samp - mean) / std)
+    return out
+
+
 def pool_scores(
     parts: Mapping[str, np.ndarray],
     weights: Mapping[str, float],
@@ -844,28 +982,16 @@ def pool_scores(
     (``content`` to the interest vector, ``ask`` to the ask) are known for the candidates
     only; their means and spreads come from a fixed sample of items (``sample_rows``, with
     ``sample_content``/``sample_ask``), and so do those of the hybrid score before the
-    ask is mixed in.
+    ask is mixed in (``pool_components``).
     """
     out = np.zeros(len(rows), dtype=np.float64)
     sample_out = np.zeros(len(sample_rows), dtype=np.float64)
-    known = known or {}
-    for name in COMPONENTS:
-        w = float(weights.get(name, 0.0))
-        if not w:
-            continue
-        if name == "bert" or name in known:
-            cand, samp = (content, sample_content) if name == "bert" else known[name]
-            cand, samp = np.asarray(cand, dtype=np.float64), np.asarray(samp, dtype=np.float64)
-            mean, std = float(samp.mean()), float(samp.std())
-        elif name in parts:
-            full = np.asarray(parts[name]).ravel()
-            cand, samp = full[rows].astype(np.float64), full[sample_rows].astype(np.float64)
-            mean, std = float(full.mean()), float(full.std())
-        else:
-            continue
-        std = std or 1.0
-        out += w * (cand - mean) / std
-        sample_out += w * (samp - mean) / std
+    weighted = [name for name in COMPONENTS if weights.get(name)]
+    z = pool_components(parts, rows, content, sample_rows, sample_content, known, weighted)
+    for name, (cand, samp) in z.items():
+        w = float(weights[name])
+        out += w * cand
+        sample_out += w * samp
     if ask is None or sample_ask is None:
         return out
     mean, std = float(sample_out.mean()), float(sample_out.std()) or 1.0

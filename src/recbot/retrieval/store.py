@@ -52,7 +52,6 @@ class VectorStore(Protocol):
     def refresh(self) -> None: ...
     def ids(self) -> list[str]: ...
     def exact_view(self) -> Snapshot | None: ...
-    def all_vectors(self) -> tuple[list[str], np.ndarray]: ...
     def ids_where(self, filters: Filters) -> list[str]: ...
     def close(self) -> None: ...
 
@@ -222,18 +221,12 @@ class ChromaStore:
         """Every vector in memory when the collection is searched exactly, else None."""
         return self.snapshot() if self.count() <= self.exact_max_items else None
 
-    def all_vectors(self) -> tuple[list[str], np.ndarray]:
-        """Every id and vector, read page by page and not kept (tuning past
-        ``exact_search_max_items``, where no snapshot is held)."""
-        ids, matrix, _ = self._read_all(metadatas=False)
-        return ids, matrix
-
-    def _read_all(self, *, metadatas: bool) -> tuple[list[str], np.ndarray, list[Mapping[str, Any]]]:
-        """Every id, vector (and metadata row), page by page."""
+    def _read_all(self) -> tuple[list[str], np.ndarray, list[Mapping[str, Any]]]:
+        """Every id, vector and metadata row, page by page."""
         ids: list[str] = []
         metas: list[Mapping[str, Any]] = []
         blocks: list[np.ndarray] = []
-        include: Any = ["embeddings", "metadatas"] if metadatas else ["embeddings"]
+        include: Any = ["embeddings", "metadatas"]
         for offset in range(0, self.count(), _PAGE):
             got = self.collection.get(include=include, limit=_PAGE, offset=offset)
             ids.extend(got["ids"])
@@ -250,7 +243,7 @@ class ChromaStore:
 
     def _load_snapshot(self) -> Snapshot:
         if self._snapshot is None:
-            ids, matrix, metadatas = self._read_all(metadatas=True)
+            ids, matrix, metadatas = self._read_all()
             self._snapshot = Snapshot(ids, matrix, metadatas)
             logger.debug("loaded %d vectors from Chroma", len(ids))
         return self._snapshot
