@@ -120,10 +120,10 @@ def test_ingest_with_encoder_workers_stores_the_in_process_vectors(
 
     import numpy as np
 
-    import recbot.ingest
+    import recbot.retrieval.embedder
     from recbot.retrieval.embedder import LazyEmbedder
 
-    monkeypatch.setattr(recbot.ingest, "_CHUNK", 2)
+    monkeypatch.setattr(recbot.retrieval.embedder, "CPU_CHUNK", 2)
     ids = [row["id"] for row in TOY_ITEMS]
     stored = {}
     for workers in (1, 2):

