@@ -174,6 +174,35 @@ def test_an_updated_model_equals_a_fresh_fit_bit_for_bit() -> None:
     assert patched_seen and merged_seen
 
 
+def test_a_saved_model_loads_bit_for_bit_and_updates_as_the_one_saved(tmp_path: Path) -> None:
+    """Ingest saves the pool path's model (patched lists and all) for serving processes to
+    load: what loads is the model saved, and it updates as that one does."""
+    rng = np.random.default_rng(11)
+    items = [f"i{j:03d}" for j in range(600)]
+    histories = random_histories(rng, 300, items)
+    model = CollabModel.fit(histories, items)
+    model.neighbour_lists(4)
+    model = model.update({"u001": hist("u001", "i300", "i407"), "u777": hist("u777", "i503")})
+    assert len(model.neighbour_lists(4).patched)  # a patched model, saved as it is
+    model.save(tmp_path / "m.npz", seq=7)
+    loaded, meta = CollabModel.load(tmp_path / "m.npz")
+    assert meta == {"seq": 7} and loaded.items == model.items and loaded.index == model.index
+    change = {"u002": hist("u002", "i009")}
+    for a, b in [(loaded, model), (loaded.update(change), model.update(change))]:
+        assert_same_csr(a.matrix, b.matrix)
+        assert_same_csr(a.transition, b.transition)
+        assert_same_csr(a.sequences, b.sequences)
+        assert_same_csr(a.neighbour_lists(4).to_csr(), b.neighbour_lists(4).to_csr())
+        for name in ("popularity", "user_ids", "transition_sums"):
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+        np.testing.assert_array_equal(a.neighbour_lists(4).floor, b.neighbour_lists(4).floor)
+    with pytest.raises(ValueError, match="fitted on a mapping"):
+        CollabModel.fit(list(histories.values()), items).save(tmp_path / "x.npz")
+    (tmp_path / "bad.npz").write_bytes(b"not a model")
+    with pytest.raises((OSError, ValueError)):
+        CollabModel.load(tmp_path / "bad.npz")
+
+
 def test_the_update_rules_cosine_bounds_hold_the_lists_float32_sums() -> None:
     """A list holds float32 sums of many equal terms, which drift from the exact cosine
     as the count of users with both grows (here to thousands); the bounds the update

@@ -3,6 +3,7 @@ from pathlib import Path
 import pytest
 
 from recbot.errors import ConfigError, FilterError, IndexNotBuiltError, UnknownItemError
+from recbot.index import COLLAB_FILE
 from tests.conftest import TOY_ITEMS, write_jsonl
 
 TOPICS = ["apple", "brick", "cloud", "delta", "ember"]
@@ -245,11 +246,21 @@ def test_feedback_updates_the_collaborative_model_to_what_a_refit_gives(
     updated = answers(rec)
     assert fits == []
     assert updated["spacefan"][0] == ("hybrid-pool" if pool else "hybrid")
+    saved = Path(rec.settings.data_dir) / COLLAB_FILE
+    assert saved.is_file() == pool  # ingest saves the pool path's model, and only where the pool serves
+    # a new process on the pool path loads the model ingest saved and replays the log
+    loaded = answers(make_recommender(data_dir=rec.settings.data_dir, hybrid_pool=pool))
+    assert bool(fits) != pool
+    assert loaded == updated
+    saved.unlink(missing_ok=True)
+    fits.clear()
     fresh = answers(make_recommender(data_dir=rec.settings.data_dir, hybrid_pool=pool))
     assert fits  # the fresh Recommender fitted its own
     assert updated == fresh
+    rec.index.save_collab()  # where the pool serves: saved again
     fits.clear()
     rec.forget("nobody-yet")
+    assert not saved.exists()  # it held their interactions
     rec.recommend("spacefan", k=5, blurbs=False)
     assert fits == [1]  # the log names no forgotten user: refitted
 

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 import uuid
@@ -29,7 +30,7 @@ from recbot.config import Settings
 from recbot.errors import UnknownItemError
 from recbot.ingest import IngestReport, ingest
 from recbot.retrieval.embedder import Embedder
-from recbot.retrieval.hybrid import DEFAULT_WEIGHTS, HybridWeights, VectorSource, tune
+from recbot.retrieval.hybrid import DEFAULT_WEIGHTS, CollabModel, HybridWeights, VectorSource, tune
 from recbot.retrieval.store import VectorStore
 from recbot.storage import Storage
 from recbot.types import Interaction
@@ -37,8 +38,11 @@ from recbot.types import Interaction
 if TYPE_CHECKING:
     from recbot.generation.train import TrainConfig, TrainReport
 
-__all__ = ["ForgetReport", "Index"]
+__all__ = ["COLLAB_FILE", "ForgetReport", "Index"]
 
+logger = logging.getLogger(__name__)
+
+COLLAB_FILE = "collab.npz"  # the pool path's collaborative model, saved by ingest (``Index.save_collab``)
 _RUN = 5  # words in a row that tie a corpus line to a forgotten review (quotes are shorter runs of it)
 
 
@@ -133,16 +137,61 @@ class Index:
         self.storage.invalidate()
         changed = report.interactions or report.added or report.updated or report.removed
         if changed or self.storage.get_meta("hybrid") is None:
-            report.hybrid = self.tune().describe()
+            histories = self.storage.histories()
+            report.hybrid = self.tune(histories=histories).describe()
+            self.save_collab(histories)
         return report
 
-    def tune(self, *, show_progress: bool = True) -> HybridWeights:
-        """Choose the hybrid's blend weights on the stored interactions (each user's latest
-        item held out) and store them with the index."""
+    def pool_serves(self) -> bool:
+        """Whether ``recommend`` takes the pool path (past ``exact_search_max_items``, or
+        with ``hybrid_pool``)."""
+        return self.settings.hybrid_pool or self.store.exact_view() is None
+
+    def save_collab(self, histories: Mapping[str, Sequence[Interaction]] | None = None) -> Path | None:
+        """Where the pool path serves: fit the collaborative model and its neighbour lists
+        on every stored interaction and save them (``COLLAB_FILE``), so that a serving
+        process loads them and catches up through the interaction log instead of building
+        them on its first request (at 1M items, ~30 s). Elsewhere, remove a saved one.
+        Returns the file written, or None."""
+        path = Path(self.settings.data_dir) / COLLAB_FILE
+        if not self.pool_serves():
+            path.unlink(missing_ok=True)
+            return None
+        seq = self.storage.interaction_seq()  # before the read: what lands after is replayed from the log
+        items = self.storage.item_ids()
+        model = CollabModel.fit(histories if histories is not None else self.storage.histories(), items)
+        if not model.users:
+            path.unlink(missing_ok=True)
+            return None
+        model.neighbour_lists(self.settings.pool_neighbours)
+        model.save(path, seq=seq)
+        return path
+
+    def saved_collab(self, items: Sequence[str]) -> tuple[CollabModel, int] | None:
+        """The model ``save_collab`` saved, and the interaction log's position it reflects,
+        when it is over exactly ``items``; None when there is none (or it cannot be read)."""
+        path = Path(self.settings.data_dir) / COLLAB_FILE
+        if not path.is_file():
+            return None
+        try:
+            model, meta = CollabModel.load(path)
+        except (OSError, ValueError, KeyError) as exc:
+            logger.warning("cannot read the saved collaborative model %s (%s): fitting afresh", path, exc)
+            return None
+        seq = meta.get("seq")
+        if model.items != list(items) or not isinstance(seq, int):
+            return None
+        return model, seq
+
+    def tune(
+        self, *, show_progress: bool = True, histories: Mapping[str, Sequence[Interaction]] | None = None
+    ) -> HybridWeights:
+        """Choose the hybrid's blend weights on the stored interactions (``histories``, when
+        already read) with each user's latest item held out, and store them with the index."""
         from tqdm.auto import tqdm
 
         view = self.store.exact_view()
-        histories = self.storage.histories()
+        histories = histories if histories is not None else self.storage.histories()
         vectors: np.ndarray | VectorSource
         if view is not None and not self.settings.hybrid_pool:  # the exact hybrid serves: tune it
             ids, vectors = view.ids, view.matrix
@@ -207,6 +256,7 @@ class Index:
         reviews = [h.review for h in self.storage.history(user_id) if h.review]
         deleted = self.storage.forget_user(user_id)
         self.interactions_changed()
+        (Path(self.settings.data_dir) / COLLAB_FILE).unlink(missing_ok=True)  # it holds their interactions
         report = ForgetReport(user_id, deleted, len(reviews))
         generator = Path(self.settings.data_dir) / GENERATOR_DIR
         card = generator / "card.json"

@@ -764,7 +764,8 @@ class Recommender:
             pool = self._pool
             if pool is None:
                 items = sorted(self.storage.items())
-                model, seq = self._caught_up(None, items)
+                # the model ingest saved, brought up to date through the log; else fitted here
+                model, seq = self._caught_up(self.index.saved_collab(items), items)
                 # the fixed sample whose cosines stand in for the catalog's (pool_scores)
                 sample = pool_sample(items)
                 vectors = self.store.get_vectors(sample)

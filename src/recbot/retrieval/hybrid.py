@@ -34,9 +34,11 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -374,6 +376,65 @@ class CollabModel:
 
                 model._neighbours[m] = lists.updated(moved, before, after, now, model._inv, recompute)
         return model
+
+    def save(self, path: str | Path, **meta: object) -> None:
+        """Write this model and its neighbour lists to ``path`` (an uncompressed .npz, no
+        pickles; written beside and renamed, so a reader sees the old file or the new one),
+        with ``meta`` (JSON values) for ``load`` to give back. Only a model fitted on user
+        ids (that can be ``update``d) is saved."""
+        if self.user_ids is None or self.sequences is None or self.transition_sums is None:
+            raise ValueError("only a model fitted on a mapping of user -> history can be saved")
+        arrays: dict[str, np.ndarray] = {
+            "meta": np.array(json.dumps({**meta, "ease_lambda": self.ease_lambda, "lists": sorted(self._neighbours)})),
+            "items": np.array(self.items, dtype=str),
+            "popularity": self.popularity,
+            "user_ids": self.user_ids,
+            "transition_sums": self.transition_sums,
+        }
+        named = {"matrix": self.matrix, "transition": self.transition, "sequences": self.sequences}
+        for m, lists in self._neighbours.items():
+            named[f"lists{m}"] = lists.to_csr()
+            arrays[f"lists{m}_floor"] = lists.floor
+        for name, matrix in named.items():
+            for part in ("data", "indices", "indptr"):
+                arrays[f"{name}_{part}"] = getattr(matrix, part)
+            arrays[f"{name}_shape"] = np.array(matrix.shape, dtype=np.int64)
+        path = Path(path)
+        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+        with partial.open("wb") as f:
+            np.savez(f, allow_pickle=False, **arrays)
+        os.replace(partial, path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> tuple[CollabModel, dict[str, object]]:
+        """The model ``save`` wrote to ``path`` (bit for bit, neighbour lists included), and
+        its ``meta``.
+
+        Raises:
+            OSError, ValueError, KeyError: no such file, or not one ``save`` wrote.
+        """
+        with np.load(path, allow_pickle=False) as f:
+            meta = json.loads(str(f["meta"]))
+
+            def csr(name: str) -> sparse.csr_matrix:
+                shape = tuple(int(n) for n in f[f"{name}_shape"])
+                return sparse.csr_matrix((f[f"{name}_data"], f[f"{name}_indices"], f[f"{name}_indptr"]), shape=shape)
+
+            items = [str(i) for i in f["items"]]
+            model = cls(
+                items,
+                {item: j for j, item in enumerate(items)},
+                csr("matrix"),
+                f["popularity"],
+                csr("transition"),
+                float(meta.pop("ease_lambda")),
+                f["user_ids"],
+                csr("sequences"),
+                f["transition_sums"],
+            )
+            for m in meta.pop("lists"):
+                model._neighbours[int(m)] = NeighbourLists(int(m), csr(f"lists{m}"), f[f"lists{m}_floor"])
+        return model, meta
 
     @property
     def users(self) -> int:
