@@ -8,6 +8,8 @@ a real Chroma collection and SQLite. Then, timed:
 - choosing the hybrid's weights as ``recbot tune`` (and ingest) does, in a fresh process
   (``Recommender.tune``: coordinate ascent; past ``exact_search_max_items`` it ranks the
   pool path's candidates, reading only their vectors from Chroma), with its peak memory;
+  then, where the pool serves, saving its collaborative model as ingest does
+  (``Index.save_collab``), which the serving process below loads on its first call;
 - ``recommend`` p50/p95 on the path that serves at that size (exact up to
   ``exact_search_max_items``, the pool beyond), with and without a category filter;
 - at sizes the exact path serves, the pool path forced on: its recall of the exact top 10;
@@ -126,13 +128,19 @@ def tune(data_dir: str) -> dict[str, object]:
     rec = Recommender(settings, storage=open_storage(settings), store=open_store(settings), embedder=None)  # type: ignore[arg-type]
     started = time.perf_counter()
     chosen = rec.tune(show_progress=False)
-    out = {
+    out: dict[str, object] = {
         "tune_s": round(time.perf_counter() - started, 1),
         "tune_peak_rss_gib": round(peak_rss_bytes() / 2**30, 2),
         "tune_users": chosen.users,
         "tune_ranking": chosen.ranking,
         "weights": chosen.weights,
     }
+    started = time.perf_counter()
+    saved = rec.index.save_collab()  # as ingest does next, where the pool serves
+    if saved is not None:
+        out["save_collab_s"] = round(time.perf_counter() - started, 1)
+        out["save_collab_gib"] = round(saved.stat().st_size / 2**30, 2)
+    out["tune_and_save_peak_rss_gib"] = round(peak_rss_bytes() / 2**30, 2)
     rec.close()
     return out
 
@@ -252,15 +260,16 @@ def main() -> None:
             rows.append(measure(settings, ids, args.requests, args.feedbacks))
             print(json.dumps(rows[-1]), file=sys.stderr)
     print(
-        "| items | users | interactions | tune s | tune peak GiB | p50 ms | p95 ms "
+        "| items | users | interactions | tune s | model saved s | tune + save peak GiB | p50 ms | p95 ms "
         "| p50 ms (category) | p95 ms (category) | strategy | pool recall@10 "
         "| serving RSS GiB | serving peak GiB | first call s "
         "| after a thumbs-up p50 / p95 / max ms | updated = fresh fit |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['items']} | {r['users']} | {r['interactions']} | {r['tune_s']} | {r['tune_peak_rss_gib']} "
+            f"| {r['items']} | {r['users']} | {r['interactions']} | {r['tune_s']} | {r.get('save_collab_s', '-')} "
+            f"| {r['tune_and_save_peak_rss_gib']} "
             f"| {r['recommend_all_p50_ms']} "
             f"| {r['recommend_all_p95_ms']} | {r['recommend_category_p50_ms']} | {r['recommend_category_p95_ms']} "
             f"| {','.join(r['strategy_all'])} | {r.get('pool_recall_at_10_vs_exact', '-')} "  # type: ignore[arg-type]

@@ -192,6 +192,25 @@ def test_popular_answers_use_the_stores_filters(make_recommender, toy_files, exa
     assert {r.item.id for r in rec.recommend("nobody", k=5, category="outdoors")} == {"h1", "h2"}
 
 
+def test_a_cold_user_gets_the_most_popular_and_a_new_like_moves_them(toy_recommender) -> None:
+    """The popular path reads a popularity order sorted once per count; it is the
+    definition (most users first, ties by id), and feedback re-sorts it."""
+    rec = toy_recommender
+    rec.settings = rec.settings.replace(mmr_lambda=1.0, candidates=3)  # relevance alone, 3 candidates
+
+    def expected() -> list[str]:
+        pop = rec.storage.popularity()
+        return sorted(rec.catalog(), key=lambda i: (-pop.get(i, 0), i))[:3]
+
+    got = rec.recommend("nobody", k=3, blurbs=False)
+    assert got.strategy == "popular" and [r.item.id for r in got] == expected()
+    rare = next(i for i in sorted(rec.catalog()) if i not in expected())
+    for user in ("fan2", "baker", "spacefan", "newcomer"):
+        rec.add_feedback(user, rare, liked=True)
+    again = [r.item.id for r in rec.recommend("nobody", k=3, blurbs=False)]
+    assert again == expected() and again[0] == rare
+
+
 def test_the_change_token_moves_on_any_commit_from_any_connection(tmp_path) -> None:
     """recommend skips its SQLite reads while the token stands still; it must move for a
     commit through this Storage and through another connection (another process)."""
