@@ -178,7 +178,7 @@ def test_a_saved_model_loads_bit_for_bit_and_updates_as_the_one_saved(tmp_path: 
     """Ingest saves the pool path's model (patched lists and all) for serving processes to
     load: what loads is the model saved, and it updates as that one does."""
     rng = np.random.default_rng(11)
-    items = [f"i{j:03d}" for j in range(600)]
+    items = [f"i{j:03d}" for j in range(600)] + ["Ünïcödé ✓", "x" * 300]  # ids of any length and script
     histories = random_histories(rng, 300, items)
     model = CollabModel.fit(histories, items)
     model.neighbour_lists(4)

@@ -154,7 +154,7 @@ class Index:
         them on its first request (at 1M items, ~30 s). Elsewhere, remove a saved one.
         Returns the file written, or None."""
         path = Path(self.settings.data_dir) / COLLAB_FILE
-        if not self.pool_serves():
+        if not (self.settings.hybrid and self.pool_serves()):
             path.unlink(missing_ok=True)
             return None
         seq = self.storage.interaction_seq()  # before the read: what lands after is replayed from the log

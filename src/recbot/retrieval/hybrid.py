@@ -384,9 +384,12 @@ class CollabModel:
         ids (that can be ``update``d) is saved."""
         if self.user_ids is None or self.sequences is None or self.transition_sums is None:
             raise ValueError("only a model fitted on a mapping of user -> history can be saved")
+        encoded = [item.encode("utf-8") for item in self.items]
         arrays: dict[str, np.ndarray] = {
             "meta": np.array(json.dumps({**meta, "ease_lambda": self.ease_lambda, "lists": sorted(self._neighbours)})),
-            "items": np.array(self.items, dtype=str),
+            # the ids as one UTF-8 blob and their ends (a fixed-width str array pads every id to the longest)
+            "items": np.frombuffer(b"".join(encoded), dtype=np.uint8),
+            "items_ends": np.cumsum([len(e) for e in encoded], dtype=np.int64),
             "popularity": self.popularity,
             "user_ids": self.user_ids,
             "transition_sums": self.transition_sums,
@@ -420,7 +423,8 @@ class CollabModel:
                 shape = tuple(int(n) for n in f[f"{name}_shape"])
                 return sparse.csr_matrix((f[f"{name}_data"], f[f"{name}_indices"], f[f"{name}_indptr"]), shape=shape)
 
-            items = [str(i) for i in f["items"]]
+            blob, ends = f["items"].tobytes(), f["items_ends"].tolist()
+            items = [blob[a:b].decode("utf-8") for a, b in zip([0, *ends[:-1]], ends, strict=True)]
             model = cls(
                 items,
                 {item: j for j, item in enumerate(items)},
