@@ -178,7 +178,13 @@ def test_tune_and_content_only(tmp_path: Path, tiny_bert, capsys) -> None:
     data = cli_ingest(tmp_path, tiny_bert)
     assert "hybrid weights: defaults" in capsys.readouterr().out  # ingest chose (default) weights
     assert main(["--data-dir", data, "tune"]) == 0
-    assert capsys.readouterr().out.startswith("hybrid weights: defaults (")
+    out = capsys.readouterr().out
+    assert out.startswith("hybrid weights: defaults (") and "saved" not in out  # the exact path: nothing to save
+    config = tmp_path / "pool.toml"
+    config.write_text("hybrid_pool = true\n", encoding="utf-8")
+    assert main(["--data-dir", data, "--config", str(config), "tune"]) == 0
+    assert "saved the pool path's collaborative model" in capsys.readouterr().out
+    assert (Path(data) / "collab.npz").is_file()
     for flag, strategy in ((None, "hybrid"), ("--content-only", "profile")):
         args = ["--data-dir", data, "recommend", "--user", "spacefan", "--json", "--no-blurbs"]
         assert main(args + ([flag] if flag else [])) == 0

@@ -174,6 +174,17 @@ def test_an_updated_model_equals_a_fresh_fit_bit_for_bit() -> None:
     assert patched_seen and merged_seen
 
 
+def test_users_with_both_counts_the_users_who_hold_each_pair() -> None:
+    rng = np.random.default_rng(4)
+    items = [f"i{j:02d}" for j in range(30)]
+    histories = random_histories(rng, 200, items)
+    model = CollabModel.fit(histories, items)
+    pairs = [(a, b) for a in items[:8] for b in items[:8]] + [("i00", "unknown"), ("unknown", "i01")]
+    holds = {u: {h.item_id for h in hist} for u, hist in histories.items()}
+    expected = [sum(a in held and b in held for held in holds.values()) for a, b in pairs]
+    assert model.users_with_both(pairs) == expected and max(expected) > 1
+
+
 def test_a_saved_model_loads_bit_for_bit_and_updates_as_the_one_saved(tmp_path: Path) -> None:
     """Ingest saves the pool path's model (patched lists and all) for serving processes to
     load: what loads is the model saved, and it updates as that one does."""
@@ -496,6 +507,38 @@ def test_the_pool_path_gives_the_exact_hybrids_list_on_a_small_catalog(toy_recom
         assert pooled.strategy == before.strategy.replace("hybrid", "hybrid-pool")
         assert [r.item.id for r in pooled] == [r.item.id for r in before]
         assert [b.item_id for r in pooled for b in r.because] == [b.item_id for r in before for b in r.because]
+        # the counts shown are exact on both paths (the pool's lists hold only some pairs)
+        assert [b.also_liked_by for r in pooled for b in r.because] == [
+            b.also_liked_by for r in before for b in r.because
+        ]
+
+
+def test_pool_reasons_count_who_has_both_even_where_the_lists_lack_the_pair(make_recommender, tmp_path: Path) -> None:
+    """With lists of two neighbours most pairs are in neither list; the counts shown are
+    the users who hold both all the same."""
+    rng = np.random.default_rng(3)
+    items = [{"id": f"i{j:02d}", "title": f"thing {j} {['red', 'blue', 'green'][j % 3]}"} for j in range(40)]
+    inter = [
+        {"user_id": f"u{u:02d}", "item_id": f"i{j:02d}", "rating": 5, "timestamp": t}
+        for u in range(60)
+        for t, j in enumerate(rng.choice(40, size=6, replace=False))
+    ]
+    rec = make_recommender(hybrid_pool=True, pool_neighbours=2)
+    rec.ingest(write_jsonl(tmp_path / "c.jsonl", items), interactions=write_jsonl(tmp_path / "i.jsonl", inter))
+    pool = rec._pool_model()
+    assert pool is not None
+    model, lists = pool.model, pool.model.neighbour_lists(2).to_csr()
+    shown, outside = 0, 0
+    for user in ("u00", "u01", "u02", "u03"):
+        recs = rec.recommend(user, k=6, blurbs=False)
+        assert recs.strategy == "hybrid-pool"
+        for r in recs:
+            for b in r.because:
+                a, c = model.index[r.item.id], model.index[b.item_id]
+                assert b.also_liked_by == model.users_with_both([(r.item.id, b.item_id)])[0]
+                shown += 1
+                outside += bool(b.also_liked_by and lists[a, c] == 0 and lists[c, a] == 0)
+    assert shown and outside  # counts the lists could not give
 
 
 def test_ingest_tunes_the_pool_past_the_exact_search_threshold(

@@ -88,7 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-blurbs", action="store_true", help="skip blurb generation (loads no generator)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
-    command("tune", "choose the hybrid ranking's weights on the stored interactions (ingest does it on change)")
+    command(
+        "tune",
+        "choose the hybrid ranking's weights on the stored interactions and, past the exact-search "
+        "threshold, save the pool path's model (ingest does both on change)",
+    )
 
     p = command("train-generator", "train (or fine-tune) the GPT-2 blurb generator on the ingested data")
     p.add_argument("--base", default="auto", help="auto | scratch | a GPT-2 model id or path to fine-tune")
@@ -286,7 +290,11 @@ def cmd_forget(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_tune(args: argparse.Namespace, settings: Settings) -> int:
-    print(_open(settings).tune().describe())
+    rec = _open(settings)
+    print(rec.tune().describe())
+    saved = rec.index.save_collab()  # as ingest does: the pool path's model, for serving to load
+    if saved is not None:
+        print(f"saved the pool path's collaborative model and neighbour lists: {saved}")
     return 0
 
 

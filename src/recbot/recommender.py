@@ -393,6 +393,8 @@ class Recommender:
                 cand[j], history, hist_vectors, weights, catalog, n_reasons, together[rank - 1] if together else None
             )
             recs.append(Recommendation(item, float(relevance[j]), rank, because, score_kind=score_kind))
+        if collab is not None and hybrid is None:  # the pool path's lists hold a pair in either's list only:
+            recs = _exact_counts(collab, recs)  # the reasons shown get the exact count all the same
         if not recs and relax and understood is not None and has_hard_constraints(understood):
             # nothing meets the ask's hard constraints: say so, and answer without them
             relaxed = self.recommend(
@@ -867,6 +869,19 @@ class Recommender:
         ids = list(itertools.islice(wanted, self.settings.candidates))
         top = max((pop.get(i, 0) for i in ids), default=0) or 1
         return ids, np.array([pop.get(i, 0) / top for i in ids])
+
+
+def _exact_counts(model: CollabModel, recs: list[Recommendation]) -> list[Recommendation]:
+    """``recs`` with each reason's "others have both" count exact (``users_with_both``),
+    where the neighbour lists the pool path reads had none for the pair."""
+    pairs = [(r.item.id, b.item_id) for r in recs for b in r.because if not b.also_liked_by]
+    if not pairs:
+        return recs
+    counts = iter(model.users_with_both(pairs))
+    return [
+        replace(r, because=tuple(b if b.also_liked_by else replace(b, also_liked_by=next(counts)) for b in r.because))
+        for r in recs
+    ]
 
 
 @dataclass(frozen=True)
