@@ -513,18 +513,25 @@ def test_the_pool_path_gives_the_exact_hybrids_list_on_a_small_catalog(toy_recom
         ]
 
 
-def test_pool_reasons_count_who_has_both_even_where_the_lists_lack_the_pair(make_recommender, tmp_path: Path) -> None:
-    """With lists of two neighbours most pairs are in neither list; the counts shown are
-    the users who hold both all the same."""
-    rng = np.random.default_rng(3)
+def _forty_things(tmp_path: Path, *, seed: int, per_user: int) -> tuple[Path, Path]:
+    """A catalog of 40 items in three colours and 60 users with ``per_user`` random items
+    each, as JSONL files to ingest."""
+    rng = np.random.default_rng(seed)
     items = [{"id": f"i{j:02d}", "title": f"thing {j} {['red', 'blue', 'green'][j % 3]}"} for j in range(40)]
     inter = [
         {"user_id": f"u{u:02d}", "item_id": f"i{j:02d}", "rating": 5, "timestamp": t}
         for u in range(60)
-        for t, j in enumerate(rng.choice(40, size=6, replace=False))
+        for t, j in enumerate(rng.choice(40, size=per_user, replace=False))
     ]
+    return write_jsonl(tmp_path / "c.jsonl", items), write_jsonl(tmp_path / "i.jsonl", inter)
+
+
+def test_pool_reasons_count_who_has_both_even_where_the_lists_lack_the_pair(make_recommender, tmp_path: Path) -> None:
+    """With lists of two neighbours most pairs are in neither list; the counts shown are
+    the users who hold both all the same."""
     rec = make_recommender(hybrid_pool=True, pool_neighbours=2)
-    rec.ingest(write_jsonl(tmp_path / "c.jsonl", items), interactions=write_jsonl(tmp_path / "i.jsonl", inter))
+    cat, ints = _forty_things(tmp_path, seed=3, per_user=6)
+    rec.ingest(cat, interactions=ints)
     pool = rec._pool_model()
     assert pool is not None
     model, lists = pool.model, pool.model.neighbour_lists(2).to_csr()
@@ -547,14 +554,7 @@ def test_ingest_tunes_the_pool_past_the_exact_search_threshold(
     """Past ``exact_search_max_items`` the pool path serves, so tuning ranks each user's
     items among the pool's candidates, reading only their vectors (never the whole
     collection); it chooses what the pool forced on below the threshold chooses."""
-    rng = np.random.default_rng(2)
-    items = [{"id": f"i{j:02d}", "title": f"thing {j} {['red', 'blue', 'green'][j % 3]}"} for j in range(40)]
-    inter = [
-        {"user_id": f"u{u:02d}", "item_id": f"i{j:02d}", "rating": 5, "timestamp": t}
-        for u in range(60)
-        for t, j in enumerate(rng.choice(40, size=5, replace=False))
-    ]
-    cat, ints = write_jsonl(tmp_path / "c.jsonl", items), write_jsonl(tmp_path / "i.jsonl", inter)
+    cat, ints = _forty_things(tmp_path, seed=2, per_user=5)
     exact = make_recommender(data_dir=tmp_path / "exact")
     exact.ingest(cat, interactions=ints)
     forced = make_recommender(data_dir=tmp_path / "forced", hybrid_pool=True)
