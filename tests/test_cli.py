@@ -191,6 +191,22 @@ def test_tune_and_content_only(tmp_path: Path, tiny_bert, capsys) -> None:
         assert json.loads(capsys.readouterr().out)["strategy"] == strategy
 
 
+def test_ingest_can_defer_tuning_and_says_which_weights_stay(tmp_path: Path, tiny_bert, capsys) -> None:
+    from recbot.storage import Storage
+
+    catalog = write_jsonl(tmp_path / "c.jsonl", TOY_ITEMS)
+    inter = write_jsonl(tmp_path / "i.jsonl", TOY_INTERACTIONS)
+    data = str(tmp_path / "d")
+    args = ["--data-dir", data, "--encoder", str(tiny_bert), "ingest", str(catalog), "--interactions", str(inter)]
+    assert main([*args, "--no-tune"]) == 0
+    assert "hybrid weights: defaults (" in (out := capsys.readouterr().out) and "(kept: tuning deferred" in out
+    storage = Storage(Path(data) / "recbot.sqlite3")
+    assert storage.get_meta("hybrid") is None  # nothing chosen yet
+    assert main(["--data-dir", data, "tune"]) == 0
+    assert storage.get_meta("hybrid") is not None
+    storage.close()
+
+
 def test_user_errors_are_one_line(tmp_path: Path, capsys) -> None:
     assert main(["--data-dir", str(tmp_path / "none"), "recommend", "--user", "u1"]) == 1
     err = capsys.readouterr().err.strip().splitlines()

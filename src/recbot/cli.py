@@ -71,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument(
+        "--no-tune",
+        action="store_true",
+        help="keep the hybrid's weights (and saved model) as they are; run `recbot tune` after the last file",
+    )
+    p.add_argument(
         "--encoder-workers",
         type=int,
         help="processes that encode (each loads the encoder): 0, the default, one per GPU on CUDA, else in-process",
@@ -240,7 +245,12 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     if args.path is None and args.interactions is None:
         raise CatalogError("nothing to ingest: give a catalog PATH and/or --interactions FILE")
     report = _open(settings).ingest(
-        args.path, fmt=args.format, interactions=args.interactions, strict=args.strict, holdout_last=args.holdout_last
+        args.path,
+        fmt=args.format,
+        interactions=args.interactions,
+        strict=args.strict,
+        holdout_last=args.holdout_last,
+        tune=not args.no_tune,
     )
     if args.json:
         print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))

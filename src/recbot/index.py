@@ -120,9 +120,12 @@ class Index:
         interactions: str | Path | None = None,
         strict: bool = False,
         holdout_last: bool = False,
+        tune: bool = True,
     ) -> IngestReport:
         """Ingest a catalog and/or interactions (``recbot.ingest.ingest``); when the catalog
-        or the interactions changed, choose the hybrid's weights again (``tune``)."""
+        or the interactions changed, choose the hybrid's weights again (``tune``) and save
+        the pool path's model (``save_collab``). ``tune=False`` defers both to ``recbot
+        tune`` (loading in several files, say): the weights in use stay, and say so."""
         report = ingest(
             path,
             storage=self.storage,
@@ -136,7 +139,9 @@ class Index:
         self.store.refresh()  # tuning reads the new vectors and histories (ingest bumped ``version``)
         self.storage.invalidate()
         changed = report.interactions or report.added or report.updated or report.removed
-        if changed or self.storage.get_meta("hybrid") is None:
+        if not tune:
+            report.hybrid = f"{self.hybrid_weights().describe()} (kept: tuning deferred; run: recbot tune)"
+        elif changed or self.storage.get_meta("hybrid") is None:
             histories = self.storage.histories()
             report.hybrid = self.tune(histories=histories).describe()
             self.save_collab(histories)

@@ -473,9 +473,9 @@ class Recommender:
     # -- the write path: recbot.index.Index --
     def ingest(self, path: str | Path | None, **options: Any) -> IngestReport:
         """Ingest a catalog and/or interactions into this recommender's data dir
-        (``Index.ingest``: ``fmt``, ``interactions``, ``strict``, ``holdout_last``); this
-        process sees the new index at once. When the catalog or the interactions changed,
-        the hybrid's weights are chosen again (``tune``)."""
+        (``Index.ingest``: ``fmt``, ``interactions``, ``strict``, ``holdout_last``, ``tune``);
+        this process sees the new index at once. When the catalog or the interactions
+        changed, the hybrid's weights are chosen again (``tune``) unless ``tune=False``."""
         report = self.index.ingest(path, **options)
         self._reload_if_changed()
         return report
