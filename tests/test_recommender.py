@@ -284,6 +284,28 @@ def test_feedback_updates_the_collaborative_model_to_what_a_refit_gives(
     assert fits == [1]  # the log names no forgotten user: refitted
 
 
+def test_a_like_during_ingests_tuning_reaches_the_model_it_saves(make_recommender, toy_files, monkeypatch) -> None:
+    """Ingest reads the histories, tunes (seconds to a minute at scale), then saves the
+    pool path's model: a like another process writes meanwhile is replayed from the log
+    by whoever loads that model, because its position was taken before the read."""
+    from recbot.index import Index
+
+    rec = make_recommender(hybrid_pool=True)
+    real = Index.tune
+
+    def tune_while_someone_likes(self, **kwargs):  # type: ignore[no-untyped-def]
+        chosen = real(self, **kwargs)
+        make_recommender(data_dir=rec.settings.data_dir, hybrid_pool=True).add_feedback("latecomer", "s1", liked=True)
+        return chosen
+
+    monkeypatch.setattr(Index, "tune", tune_while_someone_likes)
+    rec.ingest(toy_files[0], interactions=toy_files[1])
+    monkeypatch.undo()
+    pool = make_recommender(data_dir=rec.settings.data_dir, hybrid_pool=True)._pool_model()
+    assert pool is not None and pool.model.user_ids is not None
+    assert "latecomer" in pool.model.user_ids.tolist()
+
+
 def test_the_interaction_log_names_who_changed_and_never_a_forgotten_user(tmp_path, monkeypatch) -> None:
     import recbot.storage
     from recbot.storage import Storage

@@ -142,9 +142,10 @@ class Index:
         if not tune:
             report.hybrid = f"{self.hybrid_weights().describe()} (kept: tuning deferred; run: recbot tune)"
         elif changed or self.storage.get_meta("hybrid") is None:
+            seq = self.storage.interaction_seq()  # before the read: what lands after is replayed from the log
             histories = self.storage.histories()
             report.hybrid = self.tune(histories=histories).describe()
-            self.save_collab(histories)
+            self.save_collab((histories, seq))
         return report
 
     def pool_serves(self) -> bool:
@@ -152,19 +153,22 @@ class Index:
         with ``hybrid_pool``)."""
         return self.settings.hybrid_pool or self.store.exact_view() is None
 
-    def save_collab(self, histories: Mapping[str, Sequence[Interaction]] | None = None) -> Path | None:
+    def save_collab(self, read: tuple[Mapping[str, Sequence[Interaction]], int] | None = None) -> Path | None:
         """Where the pool path serves: fit the collaborative model and its neighbour lists
         on every stored interaction and save them (``COLLAB_FILE``), so that a serving
         process loads them and catches up through the interaction log instead of building
         them on its first request (at 1M items, ~30 s). Elsewhere, remove a saved one.
-        Returns the file written, or None."""
+        ``read``: the histories already read, and the log's position taken before reading
+        them. Returns the file written, or None."""
         path = Path(self.settings.data_dir) / COLLAB_FILE
         if not (self.settings.hybrid and self.pool_serves()):
             path.unlink(missing_ok=True)
             return None
-        seq = self.storage.interaction_seq()  # before the read: what lands after is replayed from the log
-        items = self.storage.item_ids()
-        model = CollabModel.fit(histories if histories is not None else self.storage.histories(), items)
+        if read is None:
+            seq = self.storage.interaction_seq()  # before the read: what lands after is replayed from the log
+            read = (self.storage.histories(), seq)
+        histories, seq = read
+        model = CollabModel.fit(histories, self.storage.item_ids())
         if not model.users:
             path.unlink(missing_ok=True)
             return None
