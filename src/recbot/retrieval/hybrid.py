@@ -935,7 +935,7 @@ def _pool_parts(
     sample_rows = np.array([index[i] for i in sample], dtype=np.int64)
     sample_matrix = np.stack([got[i] for i in sample]) if sample else None
     every = dict.fromkeys(WEIGHT_GRID, 1.0)  # candidates for any weights: every component's best
-    columns: list[dict[str, np.ndarray]] = []
+    columns: list[dict[str, np.ndarray]] = []  # per user: each component's z-scores at its candidates
     found_at = np.full(len(hists), -1, dtype=np.int64)
     for start in range(0, len(hists), TUNE_BLOCK):
         block = hists[start : start + TUNE_BLOCK]
@@ -968,13 +968,14 @@ def _pool_parts(
             columns.append({name: cand for name, (cand, _samp) in z.items()})
             hit = np.flatnonzero(rows == targets[u])
             found_at[u] = hit[0] if len(hit) else -1
-    width = max((len(next(iter(c.values()), ())) for c in columns), default=0) + 1  # a column of padding at least
-    out = {name: np.zeros((len(hists), width), dtype=np.float32) for name in columns[0]} if columns else {}
+    sizes = [len(c["bert"]) for c in columns]  # bert is always among them
+    width = max(sizes) + 1  # a column of padding at least
+    out = {name: np.zeros((len(hists), width), dtype=np.float32) for name in columns[0]}
     pad = np.ones((len(hists), width), dtype=bool)
-    for u, c in enumerate(columns):
+    for u, (c, size) in enumerate(zip(columns, sizes, strict=True)):
         for name, values in c.items():
-            out[name][u, : len(values)] = values
-        pad[u, : len(next(iter(c.values()), ()))] = False
+            out[name][u, :size] = values
+        pad[u, :size] = False
     return out, sparse.csr_matrix(pad), found_at
 
 
